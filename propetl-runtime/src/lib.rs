@@ -1,0 +1,36 @@
+//! Runtime of **ProPETL** ("One Network, Many Masks", Zeng, Zhang & Lu, ACL 2023) for Candle.
+//!
+//! One prototype PETL module (adapter, LoRA pair or prefix) is shared by every layer (and
+//! task); each use learns a binary mask over it. This crate holds everything the
+//! `#[propetl]` attribute and the models build on:
+//!
+//! - [`spec`]: the description of a configuration ([`PetlConfig`]);
+//! - [`plan`]: every tensor name and shape of a configuration on a model ([`Plan`]);
+//! - [`mask`]: top-k binarization, straight-through gradients, combination, bit packing;
+//! - [`state`]: the trainable prototype + mask bank ([`PetlState`]) and the per-forward
+//!   effective modules ([`PetlContext`]);
+//! - [`optim`]: AdamW with parameter groups, warmup/decay schedule, gradient clipping;
+//! - [`storage`]: the storage report of method page §6;
+//! - [`io`]: bit-packed save/load with a versioned manifest;
+//! - [`ops`]: differentiable softmax / LayerNorm / losses (Candle 0.11's fused ones drop
+//!   gradients).
+
+pub mod error;
+pub mod io;
+pub mod mask;
+pub mod ops;
+pub mod optim;
+pub mod plan;
+pub mod rng;
+pub mod spec;
+pub mod state;
+pub mod storage;
+
+pub use error::{LoadErrorKind, PetlError, Result};
+pub use io::{LoadedState, Manifest};
+pub use optim::{clip_grad_norm, reference_groups, AdamW, GroupHyper, ParamGroup, Role, Schedule};
+pub use plan::{PetlLayout, Plan};
+pub use rng::PetlRng;
+pub use spec::{Activation, AdapterSize, Combine, LoraTarget, MaskKind, Method, PetlConfig, Share};
+pub use state::{LayerPetl, PetlContext, PetlState};
+pub use storage::StorageReport;

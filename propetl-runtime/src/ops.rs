@@ -1,0 +1,139 @@
+//! Differentiable building blocks.
+//!
+//! Candle 0.11's fused `candle_nn::ops::softmax_last_dim`, `candle_nn::ops::layer_norm` and
+//! `candle_nn::LayerNorm::forward` have no backward pass: gradients silently stop there. Every
+//! op here is composed of primitive tensor ops that Candle can differentiate.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::spec::Activation;
+
+/// Softmax over the last dimension (max-subtracted for stability).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · w + b` (biased variance).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// T5's RMS LayerNorm (no mean subtraction, no bias).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)
+}
+
+/// `x Wᵀ + b` for `x` of any rank ≥ 2 (`W` is `[out, in]`, PyTorch layout).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = weight.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// Apply an activation.
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Relu => x.relu(),
+        Activation::GeluNew => x.gelu(),
+        Activation::Gelu => x.gelu_erf(),
+    }
+}
+
+/// Mean cross-entropy of `logits [N, C]` against integer `labels [N]`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(logits)?;
+    let labels = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
+    let picked = logp.gather(&labels, 1)?;
+    picked.neg()?.mean_all()
+}
+
+/// Mean squared error between `pred [N]` and `target [N]`.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    pred.sub(target)?.sqr()?.mean_all()
+}
+
+/// Inverted dropout with a mask drawn from the caller's seeded RNG; identity when `p == 0`.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut crate::rng::PetlRng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let n = x.elem_count();
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.uniform01() < keep { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn softmax_and_layer_norm_pass_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(vec![0.1f32, -0.4, 2.0, 0.7, 1.1, -1.3], (2, 3), &dev)?;
+        let w = Var::from_vec(vec![1.1f32, 0.9, 1.0], 3, &dev)?;
+        let b = Var::from_vec(vec![0.1f32, 0.0, -0.2], 3, &dev)?;
+        let target = Tensor::new(&[[1f32, 2., 3.], [3., 2., 1.]], &dev)?;
+        let y = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
+        let loss = softmax_last_dim(&y)?.mul(&target)?.sum_all()?;
+        let grads = loss.backward()?;
+        for v in [&x, &w, &b] {
+            let g = grads.get(v.as_tensor()).expect("gradient");
+            assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_forward() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[0.3f32, -1.0, 2.5, 0.0]], &dev)?;
+        let w = Tensor::new(&[1.0f32, 2.0, 0.5, 1.0], &dev)?;
+        let b = Tensor::new(&[0.0f32, 0.1, 0.2, 0.3], &dev)?;
+        let ours = layer_norm(&x, &w, &b, 1e-5)?;
+        let theirs = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)?;
+        let diff = ours.sub(&theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn cross_entropy_matches_hand_value() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 0.0], [1.0, 0.0]], &dev)?;
+        let labels = Tensor::new(&[0i64, 0], &dev)?;
+        let l = cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
+        let expected = (2f32.ln() + (1.0 + (-1f32).exp()).ln()) / 2.0;
+        assert!((l - expected).abs() < 1e-6);
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! AdamW with parameter groups, a linear warmup + linear decay schedule, and global-norm
+//! gradient clipping (Candle has none of these).
+//!
+//! The update is PyTorch's `torch.optim.AdamW` exactly: decoupled decay `p ← p·(1 − lr·wd)`,
+//! then the bias-corrected Adam step `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PetlError, Result};
+
+/// Which optimizer group a trainable tensor belongs to (method page §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Mask scores (`mask.*`): own learning rate and weight decay.
+    Mask,
+    /// Other weights: decayed.
+    Decay,
+    /// Biases and LayerNorm weights: never decayed.
+    NoDecay,
+}
+
+/// The group of a variable by its name: `mask.*` → [`Role::Mask`]; names ending in `bias` or
+/// containing `norm` (any case) → [`Role::NoDecay`]; everything else → [`Role::Decay`].
+pub fn role_of(name: &str) -> Role {
+    let lower = name.to_ascii_lowercase();
+    if name.starts_with("mask.") {
+        Role::Mask
+    } else if lower.ends_with("bias") || lower.contains("norm") {
+        Role::NoDecay
+    } else {
+        Role::Decay
+    }
+}
+
+/// Learning rates and weight decays of the three reference groups.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GroupHyper {
+    /// Learning rate of weights and biases.
+    pub lr: f64,
+    /// Learning rate of mask scores.
+    pub mask_lr: f64,
+    /// Weight decay of weights.
+    pub weight_decay: f64,
+    /// Weight decay of mask scores.
+    pub mask_weight_decay: f64,
+}
+
+impl Default for GroupHyper {
+    /// The RoBERTa recipe: lr 1e-4, mask lr 3e-3, decay 0.1 on weights and scores.
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            mask_lr: 3e-3,
+            weight_decay: 0.1,
+            mask_weight_decay: 0.1,
+        }
+    }
+}
+
+/// A set of variables sharing a learning rate and weight decay.
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    /// Group name (`mask`, `decay`, `no_decay`, …).
+    pub name: String,
+    /// The variables, by name.
+    pub params: Vec<(String, Var)>,
+    /// Base learning rate (before the schedule).
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+}
+
+/// Split named variables into the three reference groups by [`role_of`]. Empty groups are kept
+/// (with no parameters) so group names are stable.
+pub fn reference_groups(
+    vars: impl IntoIterator<Item = (String, Var)>,
+    hyper: &GroupHyper,
+) -> Vec<ParamGroup> {
+    let mut groups = vec![
+        ParamGroup { name: "mask".into(), params: vec![], lr: hyper.mask_lr, weight_decay: hyper.mask_weight_decay },
+        ParamGroup { name: "decay".into(), params: vec![], lr: hyper.lr, weight_decay: hyper.weight_decay },
+        ParamGroup { name: "no_decay".into(), params: vec![], lr: hyper.lr, weight_decay: 0.0 },
+    ];
+    let mut vars: Vec<_> = vars.into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, var) in vars {
+        let i = match role_of(&name) {
+            Role::Mask => 0,
+            Role::Decay => 1,
+            Role::NoDecay => 2,
+        };
+        groups[i].params.push((name, var));
+    }
+    groups
+}
+
+/// Learning-rate multiplier as a function of the number of optimizer steps already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Schedule {
+    /// Always 1.
+    Constant,
+    /// `step/warmup` during warmup, then `(total − step)/(total − warmup)` down to 0
+    /// (transformers' `get_linear_schedule_with_warmup`).
+    LinearWarmupDecay {
+        /// Warmup steps.
+        warmup_steps: usize,
+        /// Total steps.
+        total_steps: usize,
+    },
+}
+
+impl Schedule {
+    /// Linear warmup over `warmup_ratio` of `total_steps`, then linear decay.
+    pub fn warmup_ratio(warmup_ratio: f64, total_steps: usize) -> Self {
+        Schedule::LinearWarmupDecay {
+            warmup_steps: (warmup_ratio * total_steps as f64).ceil() as usize,
+            total_steps,
+        }
+    }
+
+    /// The multiplier for the step taken after `step` earlier steps.
+    pub fn factor(&self, step: usize) -> f64 {
+        match *self {
+            Schedule::Constant => 1.0,
+            Schedule::LinearWarmupDecay { warmup_steps, total_steps } => {
+                if step < warmup_steps {
+                    step as f64 / warmup_steps.max(1) as f64
+                } else {
+                    let rest = total_steps.saturating_sub(warmup_steps).max(1) as f64;
+                    (total_steps.saturating_sub(step) as f64 / rest).max(0.0)
+                }
+            }
+        }
+    }
+}
+
+/// Scale the gradients of `vars` so that their global L2 norm is at most `max_norm`
+/// (PyTorch's `clip_grad_norm_`). Returns the norm before clipping. Errors on a non-finite norm.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    if !norm.is_finite() {
+        return Err(PetlError::config(format!("gradient norm is {norm}")));
+    }
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                let scaled = (g * coef)?;
+                grads.insert(v.as_tensor(), scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// AdamW over parameter groups with a schedule.
+#[derive(Debug)]
+pub struct AdamW {
+    groups: Vec<ParamGroup>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    schedule: Schedule,
+    step: usize,
+    moments: HashMap<String, (Tensor, Tensor, usize)>,
+}
+
+impl AdamW {
+    /// AdamW with β = (0.9, 0.999), ε = 1e-8.
+    pub fn new(groups: Vec<ParamGroup>, schedule: Schedule) -> Self {
+        Self::with_betas(groups, schedule, 0.9, 0.999, 1e-8)
+    }
+
+    /// AdamW with explicit β₁, β₂, ε.
+    pub fn with_betas(groups: Vec<ParamGroup>, schedule: Schedule, beta1: f64, beta2: f64, eps: f64) -> Self {
+        Self { groups, beta1, beta2, eps, schedule, step: 0, moments: HashMap::new() }
+    }
+
+    /// The groups.
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+
+    /// Every variable of every group.
+    pub fn vars(&self) -> Vec<Var> {
+        self.groups.iter().flat_map(|g| g.params.iter().map(|(_, v)| v.clone())).collect()
+    }
+
+    /// The learning rate each group uses on the next step.
+    pub fn current_lrs(&self) -> Vec<(String, f64)> {
+        let f = self.schedule.factor(self.step);
+        self.groups.iter().map(|g| (g.name.clone(), g.lr * f)).collect()
+    }
+
+    /// One update. Variables without a gradient are skipped (as in PyTorch).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let factor = self.schedule.factor(self.step);
+        self.step += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        for g in &self.groups {
+            let lr = g.lr * factor;
+            for (name, var) in &g.params {
+                let Some(grad) = grads.get(var.as_tensor()) else { continue };
+                let grad = grad.to_dtype(var.dtype())?;
+                let (m, v, t) = match self.moments.remove(name) {
+                    Some(s) => s,
+                    None => (grad.zeros_like()?, grad.zeros_like()?, 0),
+                };
+                let t = t + 1;
+                let m = ((m * b1)? + (&grad * (1.0 - b1))?)?;
+                let v = ((v * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
+                let bc1 = 1.0 - b1.powi(t as i32);
+                let bc2 = 1.0 - b2.powi(t as i32);
+                let step_size = lr / bc1;
+                let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
+                let decayed = if g.weight_decay != 0.0 {
+                    (var.as_tensor() * (1.0 - lr * g.weight_decay))?
+                } else {
+                    var.as_tensor().clone()
+                };
+                let new = (decayed - (m.div(&denom)? * step_size)?)?;
+                var.set(&new)?;
+                self.moments.insert(name.clone(), (m, v, t));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn roles_by_name() {
+        assert_eq!(role_of("mask.0.down"), Role::Mask);
+        assert_eq!(role_of("adapter.down.bias"), Role::NoDecay);
+        assert_eq!(role_of("encoder.LayerNorm.weight"), Role::NoDecay);
+        assert_eq!(role_of("lora.q.A"), Role::Decay);
+        assert_eq!(role_of("head.dense.weight"), Role::Decay);
+    }
+
+    #[test]
+    fn schedule_boundaries() {
+        let s = Schedule::LinearWarmupDecay { warmup_steps: 10, total_steps: 110 };
+        assert_eq!(s.factor(0), 0.0);
+        assert_eq!(s.factor(5), 0.5);
+        assert_eq!(s.factor(10), 1.0);
+        assert_eq!(s.factor(60), 0.5);
+        assert_eq!(s.factor(110), 0.0);
+        assert_eq!(s.factor(500), 0.0);
+        assert_eq!(Schedule::warmup_ratio(0.1, 100), Schedule::LinearWarmupDecay { warmup_steps: 10, total_steps: 100 });
+        let none = Schedule::LinearWarmupDecay { warmup_steps: 0, total_steps: 4 };
+        assert_eq!(none.factor(0), 1.0);
+        assert_eq!(none.factor(2), 0.5);
+    }
+
+    #[test]
+    fn groups_get_their_own_lr_and_decay() -> Result<()> {
+        let dev = Device::Cpu;
+        let mk = |x: f32| Var::from_vec(vec![x; 2], 2, &dev).unwrap();
+        let vars = vec![
+            ("mask.0.down".to_string(), mk(1.0)),
+            ("adapter.down.weight".to_string(), mk(1.0)),
+            ("adapter.down.bias".to_string(), mk(1.0)),
+        ];
+        let hyper = GroupHyper { lr: 0.1, mask_lr: 0.01, weight_decay: 0.5, mask_weight_decay: 0.2 };
+        let groups = reference_groups(vars.clone(), &hyper);
+        assert_eq!(groups[0].params[0].0, "mask.0.down");
+        assert_eq!(groups[1].params[0].0, "adapter.down.weight");
+        assert_eq!(groups[2].params[0].0, "adapter.down.bias");
+        let mut opt = AdamW::new(groups, Schedule::Constant);
+        let loss = vars.iter().map(|(_, v)| v.as_tensor().sum_all().unwrap()).reduce(|a, b| (a + b).unwrap()).unwrap();
+        opt.step(&loss.backward()?)?;
+        // first Adam step moves by lr (m/sqrt(v) = 1 for a constant gradient) after decay
+        let get = |i: usize| vars[i].1.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        let expect = |lr: f64, wd: f64| 1.0 * (1.0 - lr * wd) - lr / (1.0 + 1e-8);
+        assert!((get(0) - expect(0.01, 0.2)).abs() < 1e-6, "{}", get(0));
+        assert!((get(1) - expect(0.1, 0.5)).abs() < 1e-6, "{}", get(1));
+        assert!((get(2) - expect(0.1, 0.0)).abs() < 1e-6, "{}", get(2));
+        Ok(())
+    }
+
+    #[test]
+    fn clipping_scales_to_max_norm() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![1f32, 1.0], 2, &dev)?;
+        let b = Var::from_vec(vec![1f32], 1, &dev)?;
+        // d/da = (3, 4) · 1, d/db = 0 → norm 5
+        let w = Tensor::new(&[3f32, 4.0], &dev)?;
+        let loss = ((a.as_tensor() * &w)?.sum_all()? + (b.as_tensor() * 0.0)?.sum_all()?)?;
+        let mut grads = loss.backward()?;
+        let norm = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0)?;
+        assert!((norm - 5.0).abs() < 1e-6);
+        let g = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
+        assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5, "{g:?}");
+        // below the threshold: untouched
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &[a.clone()], 10.0)?;
+        assert_eq!(grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?, vec![3.0, 4.0]);
+        Ok(())
+    }
+}
