@@ -1,1 +1,39 @@
-//! propetl
+//! # propetl — ProPETL for Candle
+//!
+//! *One Network, Many Masks: Towards More Parameter-Efficient Transfer Learning*
+//! (Zeng, Zhang & Lu, ACL 2023). One prototype PETL module (adapter, LoRA or prefix) is shared
+//! across all layers (and tasks); each layer learns a binary mask that selects a sub-network of
+//! it. Masks cost one bit per entry, so a task costs ~10% of an ordinary adapter's storage.
+//!
+//! ```ignore
+//! use propetl::prelude::*;
+//!
+//! #[propetl(adapter, share = "layers", keep = 0.5)]
+//! struct Encoder {
+//!     #[propetl(layers)]
+//!     blocks: Vec<Block>,
+//!     #[propetl(state)]
+//!     petl: PetlState,
+//! }
+//!
+//! // once per forward pass: every layer's masked module
+//! let ctx = encoder.petl_context("default")?;
+//! // at the injection site of layer l: one call
+//! let a = ctx.layer(l).adapter(&z)?;
+//! ```
+//!
+//! Crates: [`runtime`] (masks, prototypes, optimizer, storage, save/load), the
+//! [`propetl`] attribute (from `propetl-macros`), and [`models`] (RoBERTa/BERT).
+
+pub use propetl_macros::propetl;
+pub use propetl_models as models;
+pub use propetl_runtime as runtime;
+
+/// Everything a model file needs.
+pub mod prelude {
+    pub use crate::propetl;
+    pub use propetl_runtime::{
+        ops, AdamW, Combine, GroupHyper, LayerPetl, LoraTarget, MaskKind, Method, NumericOverrides, PetlConfig,
+        PetlContext, PetlLayout, PetlRng, PetlState, ProPetlModel, Schedule, Share, StorageReport,
+    };
+}

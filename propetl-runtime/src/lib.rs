@@ -11,6 +11,7 @@
 //!   effective modules ([`PetlContext`]);
 //! - [`optim`]: AdamW with parameter groups, warmup/decay schedule, gradient clipping;
 //! - [`storage`]: the storage report of method page §6;
+//! - [`model`]: the [`ProPetlModel`] trait the attribute implements;
 //! - [`io`]: bit-packed save/load with a versioned manifest;
 //! - [`ops`]: differentiable softmax / LayerNorm / losses (Candle 0.11's fused ones drop
 //!   gradients).
@@ -18,6 +19,7 @@
 pub mod error;
 pub mod io;
 pub mod mask;
+pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plan;
@@ -28,6 +30,7 @@ pub mod storage;
 
 pub use error::{LoadErrorKind, PetlError, Result};
 pub use io::{LoadedState, Manifest};
+pub use model::{LayerStack, NumericOverrides, ProPetlModel, StateField};
 pub use optim::{clip_grad_norm, reference_groups, AdamW, GroupHyper, ParamGroup, Role, Schedule};
 pub use plan::{PetlLayout, Plan};
 pub use rng::PetlRng;

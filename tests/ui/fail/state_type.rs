@@ -1,0 +1,8 @@
+use propetl::prelude::*;
+struct Block;
+
+// A trait-bound failure in generated code points at the user's field type.
+#[propetl(adapter)]
+struct WrongState { #[propetl(layers)] blocks: Vec<Block>, #[propetl(state)] petl: Vec<f32> }
+
+fn main() {}
