@@ -25,6 +25,8 @@
 //! Crates: [`runtime`] (masks, prototypes, optimizer, storage, save/load), the
 //! [`propetl`] attribute (from `propetl-macros`), and [`models`] (RoBERTa/BERT).
 
+pub mod parity;
+
 pub use propetl_macros::propetl;
 pub use propetl_models as models;
 pub use propetl_runtime as runtime;

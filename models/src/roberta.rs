@@ -1,0 +1,727 @@
+//! RoBERTa / BERT encoders with ProPETL (ProAdapter, ProLoRA, ProPrefix) and their unshared
+//! baselines — *One Network, Many Masks* (Zeng, Zhang & Lu, ACL 2023), method page §3.
+//!
+//! One file covers RoBERTa and BERT checkpoints in Hugging Face layout (`config.json`,
+//! `model.safetensors`, `tokenizer.json`): the layer math is identical; they differ in the
+//! position-id offset, the token-type vocabulary and the weight-name prefix (`roberta.`,
+//! `bert.` or none), all detected from the checkpoint. The backbone is loaded as frozen
+//! tensors (never `Var`s); only the PETL state and the head are trainable.
+//!
+//! ```no_run
+//! use propetl_models::roberta::{Checkpoint, RobertaProAdapter, RobertaPetl};
+//! use propetl_runtime::{PetlRng, NumericOverrides};
+//! # fn main() -> anyhow::Result<()> {
+//! let ckpt = Checkpoint::open("tiny-roberta", &candle_core::Device::Cpu)?;
+//! let varmap = candle_nn::VarMap::new();
+//! let model = RobertaProAdapter::from_checkpoint(&ckpt, 3, &NumericOverrides::default(), &varmap, &mut PetlRng::seed(42))?;
+//! let (ids, mask) = ckpt.tokenizer()?.encode_batch(&["a sentence"], 128)?;
+//! let logits = model.logits(&ids, &mask, None)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Weight paths mirror Hugging Face (`{prefix}encoder.layer.{l}.attention.self.query.weight`,
+//! …), so checkpoints load unchanged. Trainable names: the PETL names of
+//! `propetl_runtime::plan` plus `head.dense.{weight,bias}`, `head.out_proj.{weight,bias}`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use propetl_macros::propetl;
+use propetl_runtime::{
+    ops, LayerPetl, LoraTarget, Method, NumericOverrides, PetlConfig, PetlContext, PetlLayout, PetlRng,
+    PetlState, ProPetlModel,
+};
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_pos() -> usize {
+    512
+}
+
+/// The subset of a Hugging Face `config.json` the encoder needs (optional keys defaulted).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RobertaConfig {
+    /// `roberta`, `bert`, `xlm-roberta` or `camembert`.
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Number of layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// FFN width.
+    pub intermediate_size: usize,
+    /// FFN activation (`gelu`, `gelu_new`, `relu`).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Dropout on hidden states.
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// Position embeddings.
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// Token-type vocabulary.
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Padding token id.
+    #[serde(default)]
+    pub pad_token_id: usize,
+}
+
+impl RobertaConfig {
+    /// Parse and check a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_json(&text).map_err(|e| match e {
+            ModelError::Config(msg) => ModelError::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parse and check config JSON text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
+        let mt = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("<missing>");
+        if !matches!(mt, "roberta" | "bert" | "xlm-roberta" | "camembert") {
+            return Err(ModelError::Config(format!(
+                "unsupported model_type `{mt}`: this encoder loads BERT-family checkpoints (roberta, bert, xlm-roberta, camembert)"
+            )));
+        }
+        let cfg: Self = serde_json::from_value(raw).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        cfg.activation()?;
+        if cfg.hidden_size == 0 || cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "hidden_size {} is not a positive multiple of num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            )));
+        }
+        if cfg.num_hidden_layers == 0 {
+            return Err(ModelError::Config("num_hidden_layers must be > 0".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// Whether positions are RoBERTa-style (`padding_idx + 1` offset).
+    pub fn roberta_positions(&self) -> bool {
+        self.model_type != "bert"
+    }
+
+    fn activation(&self) -> Result<propetl_runtime::Activation> {
+        use propetl_runtime::Activation::*;
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(GeluNew),
+            "relu" => Ok(Relu),
+            other => Err(ModelError::Config(format!("unsupported hidden_act `{other}` (gelu, gelu_new, relu)"))),
+        }
+    }
+
+    /// Parameters of the backbone (embeddings, layers, pooler if present excluded).
+    pub fn backbone_params(&self) -> usize {
+        let h = self.hidden_size;
+        let f = self.intermediate_size;
+        let emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h + 2 * h;
+        emb + self.num_hidden_layers * layer
+    }
+
+    /// A roberta-base-shaped config (for storage reports and benchmarks).
+    pub fn roberta_base() -> Self {
+        Self {
+            model_type: "roberta".into(),
+            vocab_size: 50265,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 514,
+            type_vocab_size: 1,
+            layer_norm_eps: 1e-5,
+            pad_token_id: 1,
+        }
+    }
+
+    /// The PETL layout of this encoder (layers named `0..L`).
+    pub fn layout(&self) -> PetlLayout {
+        PetlLayout::single_task(self.hidden_size, self.num_attention_heads, self.num_hidden_layers)
+    }
+}
+
+/// A Hugging Face checkpoint folder.
+#[derive(Clone)]
+pub struct Checkpoint {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Parsed `config.json`.
+    pub config: RobertaConfig,
+    /// Weight-name prefix found in the file (`roberta.`, `bert.` or empty).
+    pub prefix: String,
+    vb: VarBuilder<'static>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("dir", &self.dir).field("config", &self.config).field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Checkpoint {
+    /// Open `config.json` and memory-map `model.safetensors` as frozen tensors.
+    pub fn open(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let config = RobertaConfig::from_file(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(ModelError::io(&weights, std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found")));
+        }
+        // SAFETY: the file is memory-mapped read-only; it must not be modified while in use.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+            .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
+        let prefix = ["roberta.", "bert.", ""]
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}embeddings.word_embeddings.weight")))
+            .ok_or_else(|| {
+                ModelError::Weights(format!(
+                    "{}: no `embeddings.word_embeddings.weight` (with prefix roberta./bert./none): not a BERT-family checkpoint",
+                    weights.display()
+                ))
+            })?
+            .to_string();
+        Ok(Self { dir, config, prefix, vb })
+    }
+
+    /// The backbone's `VarBuilder` rooted at the weight prefix.
+    pub fn backbone(&self) -> VarBuilder<'static> {
+        match self.prefix.trim_end_matches('.') {
+            "" => self.vb.clone(),
+            p => self.vb.pp(p),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    /// The tokenizer of this checkpoint (`tokenizer.json`).
+    pub fn tokenizer(&self) -> Result<crate::tokenizer::EncoderTokenizer> {
+        crate::tokenizer::EncoderTokenizer::from_file(&self.dir.join("tokenizer.json"), self.config.pad_token_id as u32, self.device())
+    }
+}
+
+/// Fetch a frozen tensor with a clear error naming it and the expected shape.
+fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
+    vb.get(shape, name).map_err(|e| {
+        let full = if vb.prefix().is_empty() { name.to_string() } else { format!("{}.{name}", vb.prefix()) };
+        ModelError::Weights(format!("tensor `{full}` (expected shape {shape:?}): {e}"))
+    })
+}
+
+/// A frozen linear layer (PyTorch layout).
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(vb: VarBuilder, out: usize, inp: usize) -> Result<Self> {
+        Ok(Self { weight: get(&vb, &[out, inp], "weight")?, bias: get(&vb, &[out], "bias")? })
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::linear(x, &self.weight, Some(&self.bias))
+    }
+}
+
+/// A frozen LayerNorm, applied with the differentiable formulation.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, h: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: get(&vb, &[h], "weight")?, bias: get(&vb, &[h], "bias")?, eps })
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Word, position and token-type embeddings.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+    roberta_positions: bool,
+    pad: u32,
+    dropout: f64,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            word: get(&vb, &[c.vocab_size, h], "word_embeddings.weight")?,
+            position: get(&vb, &[c.max_position_embeddings, h], "position_embeddings.weight")?,
+            token_type: get(&vb, &[c.type_vocab_size, h], "token_type_embeddings.weight")?,
+            norm: LayerNorm::load(vb.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            roberta_positions: c.roberta_positions(),
+            pad: c.pad_token_id as u32,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let ids_host = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let max_pos = self.position.dim(0)?;
+        let mut pos = Vec::with_capacity(b * s);
+        for row in &ids_host {
+            let mut count = 0u32;
+            for &t in row {
+                let p = if self.roberta_positions {
+                    // cumsum(ids != pad) * (ids != pad) + pad
+                    if t != self.pad {
+                        count += 1;
+                        count + self.pad
+                    } else {
+                        self.pad
+                    }
+                } else {
+                    let p = count;
+                    count += 1;
+                    p
+                };
+                if p as usize >= max_pos {
+                    return Err(ModelError::Input(format!("sequence too long: position {p} >= max_position_embeddings {max_pos}")));
+                }
+                pos.push(p);
+            }
+        }
+        let vocab = self.word.dim(0)?;
+        if let Some(bad) = ids_host.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Input(format!("token id {bad} outside the vocabulary of {vocab}")));
+        }
+        let pos = Tensor::from_vec(pos, (b * s,), ids.device())?;
+        let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let h = self.word.dim(1)?;
+        let e = self.word.index_select(&flat, 0)?
+            .add(&self.position.index_select(&pos, 0)?)?
+            .broadcast_add(&self.token_type.get(0)?)?
+            .reshape((b, s, h))?;
+        let e = self.norm.forward(&e)?;
+        Ok(match rng {
+            Some(r) => ops::dropout(&e, self.dropout, r)?,
+            None => e,
+        })
+    }
+}
+
+/// One encoder layer (frozen).
+#[derive(Debug, Clone)]
+pub struct RobertaLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    act: propetl_runtime::Activation,
+    dropout: f64,
+    attn_dropout: f64,
+}
+
+impl RobertaLayer {
+    fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let att = vb.pp("attention");
+        Ok(Self {
+            query: Linear::load(att.pp("self").pp("query"), h, h)?,
+            key: Linear::load(att.pp("self").pp("key"), h, h)?,
+            value: Linear::load(att.pp("self").pp("value"), h, h)?,
+            attn_out: Linear::load(att.pp("output").pp("dense"), h, h)?,
+            attn_norm: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
+            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), f, h)?,
+            output: Linear::load(vb.pp("output").pp("dense"), h, f)?,
+            out_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
+            heads: c.num_attention_heads,
+            act: c.activation()?,
+            dropout: c.hidden_dropout_prob,
+            attn_dropout: c.attention_probs_dropout_prob,
+        })
+    }
+
+    fn proj(&self, lin: &Linear, x: &Tensor, petl: &LayerPetl, target: LoraTarget) -> candle_core::Result<Tensor> {
+        let y = lin.forward(x)?;
+        match petl.lora_delta(target, x).map_err(candle_core::Error::wrap)? {
+            Some(d) => y.add(&d),
+            None => Ok(y),
+        }
+    }
+
+    /// `x [B,S,H]`, `mask_bias [B,1,1,S(+P)]` (0 attend, large negative masked).
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor, petl: &LayerPetl, mut rng: Option<&mut PetlRng>) -> candle_core::Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let nh = self.heads;
+        let hd = h / nh;
+        let split = |t: Tensor| t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous();
+        let q = split(self.proj(&self.query, x, petl, LoraTarget::Q)?)?;
+        let mut k = split(self.proj(&self.key, x, petl, LoraTarget::K)?)?;
+        let mut v = split(self.proj(&self.value, x, petl, LoraTarget::V)?)?;
+        if let Some((pk, pv)) = petl.prefix_kv() {
+            let p = pk.dim(0)?;
+            let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.reshape((1, p, nh, hd))?.transpose(1, 2)?.broadcast_as((b, nh, p, hd))?.contiguous()
+            };
+            k = Tensor::cat(&[heads(pk)?, k], 2)?;
+            v = Tensor::cat(&[heads(pv)?, v], 2)?;
+        }
+        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
+        let scores = scores.broadcast_add(mask_bias)?;
+        let mut probs = ops::softmax_last_dim(&scores)?;
+        if let Some(r) = rng.as_deref_mut() {
+            probs = ops::dropout(&probs, self.attn_dropout, r)?;
+        }
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let mut att = self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?;
+        if let Some(r) = rng.as_deref_mut() {
+            att = ops::dropout(&att, self.dropout, r)?;
+        }
+        let x1 = self.attn_norm.forward(&att.add(x)?)?;
+        let inter = ops::activate(&self.intermediate.forward(&x1)?, self.act)?;
+        let mut hid = self.output.forward(&inter)?;
+        if let Some(r) = rng.as_deref_mut() {
+            hid = ops::dropout(&hid, self.dropout, r)?;
+        }
+        let res = hid.add(&x1)?;
+        // Pfeiffer placement (method page §3): u = LN(h + x); y = LN(A(u) + h + x)
+        match petl.adapter(&self.out_norm.forward(&res)?).map_err(candle_core::Error::wrap)? {
+            Some(a) => self.out_norm.forward(&a.add(&res)?),
+            None => self.out_norm.forward(&res),
+        }
+    }
+}
+
+/// The classification / regression head: `out_proj(tanh(dense(dropout(x[:,0]))))`.
+#[derive(Debug, Clone)]
+pub struct ClassificationHead {
+    dense_w: Tensor,
+    dense_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    dropout: f64,
+    /// Number of labels (1 = regression with MSE).
+    pub num_labels: usize,
+}
+
+impl ClassificationHead {
+    /// Create a trainable head in `varmap` (`head.*`), init N(0, 0.02), zero biases.
+    pub fn new(hidden: usize, num_labels: usize, dropout: f64, varmap: &VarMap, rng: &mut PetlRng, dev: &Device) -> Result<Self> {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        let mut var = |name: &str, t: Tensor| -> Result<Tensor> {
+            let v = candle_core::Var::from_tensor(&t)?;
+            data.insert(name.to_string(), v.clone());
+            Ok(v.as_tensor().clone())
+        };
+        Ok(Self {
+            dense_w: var("head.dense.weight", rng.normal((hidden, hidden), 0.02, dev)?)?,
+            dense_b: var("head.dense.bias", Tensor::zeros(hidden, DType::F32, dev)?)?,
+            out_w: var("head.out_proj.weight", rng.normal((num_labels, hidden), 0.02, dev)?)?,
+            out_b: var("head.out_proj.bias", Tensor::zeros(num_labels, DType::F32, dev)?)?,
+            dropout,
+            num_labels,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, mut rng: Option<&mut PetlRng>) -> candle_core::Result<Tensor> {
+        let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        if let Some(r) = rng.as_deref_mut() {
+            x = ops::dropout(&x, self.dropout, r)?;
+        }
+        let mut x = ops::linear(&x, &self.dense_w, Some(&self.dense_b))?.tanh()?;
+        if let Some(r) = rng.as_deref_mut() {
+            x = ops::dropout(&x, self.dropout, r)?;
+        }
+        ops::linear(&x, &self.out_w, Some(&self.out_b))
+    }
+
+    /// Head parameter count.
+    pub fn num_params(&self) -> usize {
+        self.dense_w.elem_count() + self.dense_b.elem_count() + self.out_w.elem_count() + self.out_b.elem_count()
+    }
+}
+
+/// Everything every RoBERTa variant shares, used through [`RobertaPetl`].
+#[derive(Debug, Clone)]
+pub struct Backbone {
+    /// Config.
+    pub config: RobertaConfig,
+    embeddings: Embeddings,
+}
+
+fn load_layers(ckpt: &Checkpoint) -> Result<(Backbone, Vec<RobertaLayer>)> {
+    let vb = ckpt.backbone();
+    let c = &ckpt.config;
+    let embeddings = Embeddings::load(vb.pp("embeddings"), c)?;
+    let layers = (0..c.num_hidden_layers)
+        .map(|l| RobertaLayer::load(vb.pp("encoder").pp("layer").pp(l), c))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((Backbone { config: c.clone(), embeddings }, layers))
+}
+
+fn encode(bb: &Backbone, layers: &[RobertaLayer], ctx: &PetlContext, ids: &Tensor, mask: &Tensor, mut rng: Option<&mut PetlRng>) -> Result<Tensor> {
+    if ids.dims() != mask.dims() {
+        return Err(ModelError::Input(format!("input_ids {:?} and attention_mask {:?} differ in shape", ids.dims(), mask.dims())));
+    }
+    let mut x = bb.embeddings.forward(ids, rng.as_deref_mut())?;
+    let b = ids.dim(0)?;
+    // additive mask: 0 where attended, a large negative number where padded
+    let m = mask.to_dtype(DType::F32)?;
+    let mut bias = ((m - 1.0)? * 1e9)?;
+    if let Some((pk, _)) = ctx.layer(0).prefix_kv() {
+        let p = pk.dim(0)?;
+        bias = Tensor::cat(&[Tensor::zeros((b, p), DType::F32, ids.device())?, bias], 1)?;
+    }
+    let bias = bias.unsqueeze(1)?.unsqueeze(1)?;
+    for (l, layer) in layers.iter().enumerate() {
+        x = layer.forward(&x, &bias, ctx.layer(l), rng.as_deref_mut())?;
+    }
+    Ok(x)
+}
+
+/// The common interface of the six RoBERTa variants (object-safe, for run-time choice).
+pub trait RobertaPetl {
+    /// The PETL configuration in use.
+    fn petl_config(&self) -> &PetlConfig;
+    /// The PETL state.
+    fn state(&self) -> &PetlState;
+    /// The PETL state, mutably (freeze, merge).
+    fn state_mut(&mut self) -> &mut PetlState;
+    /// The head.
+    fn head(&self) -> &ClassificationHead;
+    /// The backbone config.
+    fn config(&self) -> &RobertaConfig;
+    /// Last hidden state `[B, S, H]`; `rng = Some` enables dropout (training).
+    fn hidden(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor>;
+    /// Hidden state and logits `[B, C]`.
+    fn forward(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<(Tensor, Tensor)>;
+    /// Logits only.
+    fn logits(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
+        Ok(self.forward(ids, mask, rng)?.1)
+    }
+    /// Loss: cross-entropy (integer labels), or MSE when the head has one output.
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        if self.head().num_labels == 1 {
+            Ok(ops::mse(&logits.squeeze(1)?, &labels.to_dtype(DType::F32)?)?)
+        } else {
+            Ok(ops::cross_entropy(logits, labels)?)
+        }
+    }
+    /// The storage report of this model.
+    fn storage(&self) -> Result<propetl_runtime::StorageReport> {
+        Ok(propetl_runtime::StorageReport::from_plan(self.state().plan(), self.config().backbone_params(), self.head().num_params())?)
+    }
+}
+
+macro_rules! roberta_variant {
+    ($(#[$doc:meta])* $name:ident, $($attr:tt)*) => {
+        $(#[$doc])*
+        #[propetl($($attr)*, crate = "propetl_runtime")]
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            backbone: Backbone,
+            #[propetl(layers)]
+            layers: Vec<RobertaLayer>,
+            #[propetl(state)]
+            petl: PetlState,
+            head: ClassificationHead,
+        }
+
+        impl $name {
+            /// Load the frozen backbone from `ckpt`, create the PETL state (compile-time spec
+            /// plus run-time numeric `overrides`) and a `num_labels` head in `varmap`.
+            pub fn from_checkpoint(ckpt: &Checkpoint, num_labels: usize, overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
+                let (backbone, layers) = load_layers(ckpt)?;
+                let dev = ckpt.device();
+                let petl = <Self as ProPetlModel>::init_petl(&ckpt.config.layout(), overrides, varmap, rng, dev)?;
+                let head = ClassificationHead::new(ckpt.config.hidden_size, num_labels, ckpt.config.hidden_dropout_prob, varmap, rng, dev)?;
+                Ok(Self { backbone, layers, petl, head })
+            }
+        }
+
+        impl RobertaPetl for $name {
+            fn petl_config(&self) -> &PetlConfig { self.petl.config() }
+            fn state(&self) -> &PetlState { &self.petl }
+            fn state_mut(&mut self) -> &mut PetlState { &mut self.petl }
+            fn head(&self) -> &ClassificationHead { &self.head }
+            fn config(&self) -> &RobertaConfig { &self.backbone.config }
+            fn hidden(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
+                let ctx = self.petl_context("default")?;
+                encode(&self.backbone, &self.layers, &ctx, ids, mask, rng)
+            }
+            fn forward(&self, ids: &Tensor, mask: &Tensor, mut rng: Option<&mut PetlRng>) -> Result<(Tensor, Tensor)> {
+                let h = self.hidden(ids, mask, rng.as_deref_mut())?;
+                let logits = self.head.forward(&h, rng)?;
+                Ok((h, logits))
+            }
+        }
+    };
+}
+
+roberta_variant!(
+    /// ProAdapter (method page §3): one Pfeiffer adapter (rf 12, ReLU) shared by all layers, per-layer masks, keep 0.5.
+    RobertaProAdapter, adapter, share = "layers", keep = 0.5
+);
+roberta_variant!(
+    /// ProLoRA: one LoRA prototype for q and one for v (r 32, α 48), per-layer masks, keep 0.1.
+    RobertaProLora, lora(r = 32, alpha = 48, targets = ["q", "v"]), share = "layers", keep = 0.1
+);
+roberta_variant!(
+    /// ProPrefix: one prefix (64, MLP 512) shared by all layers, per-layer masks on its output, keep 0.1.
+    RobertaProPrefix, prefix(length = 64, hidden = 512), share = "layers", keep = 0.1
+);
+roberta_variant!(
+    /// Unshared adapter baseline: one adapter per layer, no masks.
+    RobertaAdapter, adapter, share = "none"
+);
+roberta_variant!(
+    /// Unshared LoRA baseline (r 32 on q, v).
+    RobertaLora, lora(r = 32, alpha = 48, targets = ["q", "v"]), share = "none"
+);
+roberta_variant!(
+    /// Unshared prefix baseline (one MLP with per-layer outputs).
+    RobertaPrefix, prefix(length = 64, hidden = 512), share = "none"
+);
+
+/// The six variants, for choosing at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// [`RobertaProAdapter`].
+    ProAdapter,
+    /// [`RobertaProLora`].
+    ProLora,
+    /// [`RobertaProPrefix`].
+    ProPrefix,
+    /// [`RobertaAdapter`].
+    Adapter,
+    /// [`RobertaLora`].
+    Lora,
+    /// [`RobertaPrefix`].
+    Prefix,
+}
+
+impl Variant {
+    /// All variants.
+    pub const ALL: [Variant; 6] = [Variant::ProAdapter, Variant::ProLora, Variant::ProPrefix, Variant::Adapter, Variant::Lora, Variant::Prefix];
+
+    /// Parse `pro_adapter`, `pro_lora`, `pro_prefix`, `adapter`, `lora`, `prefix`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pro_adapter" | "proadapter" => Variant::ProAdapter,
+            "pro_lora" | "prolora" => Variant::ProLora,
+            "pro_prefix" | "proprefix" => Variant::ProPrefix,
+            "adapter" => Variant::Adapter,
+            "lora" => Variant::Lora,
+            "prefix" => Variant::Prefix,
+            other => return Err(ModelError::Config(format!("unknown variant `{other}` (pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix)"))),
+        })
+    }
+
+    /// The snake-case name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Variant::ProAdapter => "pro_adapter",
+            Variant::ProLora => "pro_lora",
+            Variant::ProPrefix => "pro_prefix",
+            Variant::Adapter => "adapter",
+            Variant::Lora => "lora",
+            Variant::Prefix => "prefix",
+        }
+    }
+
+    /// The compile-time spec of the variant.
+    pub fn spec(&self) -> PetlConfig {
+        match self {
+            Variant::ProAdapter => RobertaProAdapter::PROPETL,
+            Variant::ProLora => RobertaProLora::PROPETL,
+            Variant::ProPrefix => RobertaProPrefix::PROPETL,
+            Variant::Adapter => RobertaAdapter::PROPETL,
+            Variant::Lora => RobertaLora::PROPETL,
+            Variant::Prefix => RobertaPrefix::PROPETL,
+        }
+    }
+
+    /// Build the variant.
+    pub fn build(&self, ckpt: &Checkpoint, num_labels: usize, overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Box<dyn RobertaPetl>> {
+        Ok(match self {
+            Variant::ProAdapter => Box::new(RobertaProAdapter::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+            Variant::ProLora => Box::new(RobertaProLora::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+            Variant::ProPrefix => Box::new(RobertaProPrefix::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+            Variant::Adapter => Box::new(RobertaAdapter::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+            Variant::Lora => Box::new(RobertaLora::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+            Variant::Prefix => Box::new(RobertaPrefix::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+        })
+    }
+}
+
+/// Head tensors by name (for saving alongside the PETL state).
+pub fn head_tensors(varmap: &VarMap) -> BTreeMap<String, Tensor> {
+    varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .filter(|(k, _)| k.starts_with("head."))
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect()
+}
+
+/// Mean-pool `hidden [B,S,H]` over attended positions and L2-normalize (sentence embeddings).
+pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+    let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    let mean = summed.broadcast_div(&counts)?;
+    let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(mean.broadcast_div(&norm)?)
+}
+
+/// The unused-method guard: the method of a variant is known at compile time.
+pub fn method_of(v: Variant) -> Method {
+    v.spec().method
+}
