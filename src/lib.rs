@@ -25,7 +25,10 @@
 //! Crates: [`runtime`] (masks, prototypes, optimizer, storage, save/load), the
 //! [`propetl`] attribute (from `propetl-macros`), and [`models`] (RoBERTa/BERT).
 
+pub mod demo;
+pub mod metrics;
 pub mod parity;
+pub mod train;
 
 pub use propetl_macros::propetl;
 pub use propetl_models as models;
@@ -35,7 +38,8 @@ pub use propetl_runtime as runtime;
 pub mod prelude {
     pub use crate::propetl;
     pub use propetl_runtime::{
-        ops, AdamW, Combine, GroupHyper, LayerPetl, LoraTarget, MaskKind, Method, NumericOverrides, PetlConfig,
-        PetlContext, PetlLayout, PetlRng, PetlState, ProPetlModel, Schedule, Share, StorageReport,
+        ops, AdamW, Combine, GroupHyper, LayerPetl, LoraTarget, MaskKind, Method, NumericOverrides,
+        PetlConfig, PetlContext, PetlLayout, PetlRng, PetlState, ProPetlModel, Schedule, Share,
+        StorageReport,
     };
 }

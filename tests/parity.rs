@@ -5,12 +5,17 @@
 use std::path::Path;
 
 fn run(name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let report = propetl::parity::check_fixture(&dir).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     print!("{}", report.to_text());
     assert!(report.passed(), "{}", report.to_text());
     // every trainable tensor was compared: masks, forward, grads and the step
-    assert!(report.checks.iter().any(|c| c.name.starts_with("grad:head.")));
+    assert!(report
+        .checks
+        .iter()
+        .any(|c| c.name.starts_with("grad:head.")));
     assert!(report.checks.iter().any(|c| c.name.starts_with("step1:")));
 }
 

@@ -30,8 +30,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use propetl_macros::propetl;
 use propetl_runtime::{
-    ops, LayerPetl, LoraTarget, Method, NumericOverrides, PetlConfig, PetlContext, PetlLayout, PetlRng,
-    PetlState, ProPetlModel,
+    ops, LayerPetl, LoraTarget, Method, NumericOverrides, PetlConfig, PetlContext, PetlLayout,
+    PetlRng, PetlState, ProPetlModel,
 };
 use serde::Deserialize;
 
@@ -103,16 +103,24 @@ impl RobertaConfig {
 
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
-        let mt = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("<missing>");
+        let raw: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
+        let mt = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("<missing>");
         if !matches!(mt, "roberta" | "bert" | "xlm-roberta" | "camembert") {
             return Err(ModelError::Config(format!(
                 "unsupported model_type `{mt}`: this encoder loads BERT-family checkpoints (roberta, bert, xlm-roberta, camembert)"
             )));
         }
-        let cfg: Self = serde_json::from_value(raw).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let cfg: Self = serde_json::from_value(raw)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         cfg.activation()?;
-        if cfg.hidden_size == 0 || cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.hidden_size == 0
+            || cfg.num_attention_heads == 0
+            || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(ModelError::Config(format!(
                 "hidden_size {} is not a positive multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -135,17 +143,23 @@ impl RobertaConfig {
             "gelu" => Ok(Gelu),
             "gelu_new" | "gelu_pytorch_tanh" => Ok(GeluNew),
             "relu" => Ok(Relu),
-            other => Err(ModelError::Config(format!("unsupported hidden_act `{other}` (gelu, gelu_new, relu)"))),
+            other => Err(ModelError::Config(format!(
+                "unsupported hidden_act `{other}` (gelu, gelu_new, relu)"
+            ))),
         }
     }
 
-    /// Parameters of the backbone (embeddings, layers, pooler if present excluded).
+    /// Parameters of the backbone as Hugging Face's `RobertaModel`/`BertModel` counts them
+    /// (embeddings, layers and pooler; no LM or classification head): 124,645,632 for
+    /// roberta-base, the denominator of method page §6.
     pub fn backbone_params(&self) -> usize {
         let h = self.hidden_size;
         let f = self.intermediate_size;
-        let emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
-        let layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h + 2 * h;
-        emb + self.num_hidden_layers * layer
+        let emb =
+            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h;
+        let pooler = h * h + h;
+        emb + self.num_hidden_layers * layer + pooler
     }
 
     /// A roberta-base-shaped config (for storage reports and benchmarks).
@@ -169,7 +183,11 @@ impl RobertaConfig {
 
     /// The PETL layout of this encoder (layers named `0..L`).
     pub fn layout(&self) -> PetlLayout {
-        PetlLayout::single_task(self.hidden_size, self.num_attention_heads, self.num_hidden_layers)
+        PetlLayout::single_task(
+            self.hidden_size,
+            self.num_attention_heads,
+            self.num_hidden_layers,
+        )
     }
 }
 
@@ -187,7 +205,11 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint").field("dir", &self.dir).field("config", &self.config).field("prefix", &self.prefix).finish()
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -198,7 +220,10 @@ impl Checkpoint {
         let config = RobertaConfig::from_file(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
-            return Err(ModelError::io(&weights, std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found")));
+            return Err(ModelError::io(
+                &weights,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found"),
+            ));
         }
         // SAFETY: the file is memory-mapped read-only; it must not be modified while in use.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
@@ -213,7 +238,90 @@ impl Checkpoint {
                 ))
             })?
             .to_string();
-        Ok(Self { dir, config, prefix, vb })
+        Ok(Self {
+            dir,
+            config,
+            prefix,
+            vb,
+        })
+    }
+
+    /// A checkpoint from in-memory tensors named like a Hugging Face file (prefix detected
+    /// the same way). Used for models built in-process (demos, benchmarks).
+    pub fn from_tensors(
+        config: RobertaConfig,
+        tensors: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let prefix = ["roberta.", "bert.", ""]
+            .into_iter()
+            .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
+            .ok_or_else(|| ModelError::Weights("no `embeddings.word_embeddings.weight`".into()))?
+            .to_string();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Ok(Self {
+            dir: PathBuf::new(),
+            config,
+            prefix,
+            vb,
+        })
+    }
+
+    /// Random weights in Hugging Face layout for `config` (N(0, std²) weights, LayerNorm
+    /// weights 1, biases 0), under the `roberta.` prefix.
+    pub fn random(
+        config: RobertaConfig,
+        std: f64,
+        rng: &mut PetlRng,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, f) = (config.hidden_size, config.intermediate_size);
+        let mut t = std::collections::HashMap::new();
+        let mut put = |name: String, shape: &[usize], kind: u8| -> Result<()> {
+            let v = match kind {
+                0 => rng.normal(shape, std, device)?,
+                1 => Tensor::ones(shape, DType::F32, device)?,
+                _ => Tensor::zeros(shape, DType::F32, device)?,
+            };
+            t.insert(format!("roberta.{name}"), v);
+            Ok(())
+        };
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            &[config.vocab_size, h],
+            0,
+        )?;
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            &[config.max_position_embeddings, h],
+            0,
+        )?;
+        put(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[config.type_vocab_size, h],
+            0,
+        )?;
+        put("embeddings.LayerNorm.weight".into(), &[h], 1)?;
+        put("embeddings.LayerNorm.bias".into(), &[h], 2)?;
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for (name, out, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", f, h),
+                ("output.dense", h, f),
+            ] {
+                put(format!("{p}.{name}.weight"), &[out, inp], 0)?;
+                put(format!("{p}.{name}.bias"), &[out], 2)?;
+            }
+            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                put(format!("{p}.{name}.weight"), &[h], 1)?;
+                put(format!("{p}.{name}.bias"), &[h], 2)?;
+            }
+        }
+        Self::from_tensors(config, t, device)
     }
 
     /// The backbone's `VarBuilder` rooted at the weight prefix.
@@ -231,14 +339,22 @@ impl Checkpoint {
 
     /// The tokenizer of this checkpoint (`tokenizer.json`).
     pub fn tokenizer(&self) -> Result<crate::tokenizer::EncoderTokenizer> {
-        crate::tokenizer::EncoderTokenizer::from_file(&self.dir.join("tokenizer.json"), self.config.pad_token_id as u32, self.device())
+        crate::tokenizer::EncoderTokenizer::from_file(
+            &self.dir.join("tokenizer.json"),
+            self.config.pad_token_id as u32,
+            self.device(),
+        )
     }
 }
 
 /// Fetch a frozen tensor with a clear error naming it and the expected shape.
 fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
     vb.get(shape, name).map_err(|e| {
-        let full = if vb.prefix().is_empty() { name.to_string() } else { format!("{}.{name}", vb.prefix()) };
+        let full = if vb.prefix().is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", vb.prefix())
+        };
         ModelError::Weights(format!("tensor `{full}` (expected shape {shape:?}): {e}"))
     })
 }
@@ -252,7 +368,10 @@ struct Linear {
 
 impl Linear {
     fn load(vb: VarBuilder, out: usize, inp: usize) -> Result<Self> {
-        Ok(Self { weight: get(&vb, &[out, inp], "weight")?, bias: get(&vb, &[out], "bias")? })
+        Ok(Self {
+            weight: get(&vb, &[out, inp], "weight")?,
+            bias: get(&vb, &[out], "bias")?,
+        })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::linear(x, &self.weight, Some(&self.bias))
@@ -269,7 +388,11 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn load(vb: VarBuilder, h: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: get(&vb, &[h], "weight")?, bias: get(&vb, &[h], "bias")?, eps })
+        Ok(Self {
+            weight: get(&vb, &[h], "weight")?,
+            bias: get(&vb, &[h], "bias")?,
+            eps,
+        })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps)
@@ -293,7 +416,11 @@ impl Embeddings {
         let h = c.hidden_size;
         Ok(Self {
             word: get(&vb, &[c.vocab_size, h], "word_embeddings.weight")?,
-            position: get(&vb, &[c.max_position_embeddings, h], "position_embeddings.weight")?,
+            position: get(
+                &vb,
+                &[c.max_position_embeddings, h],
+                "position_embeddings.weight",
+            )?,
             token_type: get(&vb, &[c.type_vocab_size, h], "token_type_embeddings.weight")?,
             norm: LayerNorm::load(vb.pp("LayerNorm"), h, c.layer_norm_eps)?,
             roberta_positions: c.roberta_positions(),
@@ -324,19 +451,25 @@ impl Embeddings {
                     p
                 };
                 if p as usize >= max_pos {
-                    return Err(ModelError::Input(format!("sequence too long: position {p} >= max_position_embeddings {max_pos}")));
+                    return Err(ModelError::Input(format!(
+                        "sequence too long: position {p} >= max_position_embeddings {max_pos}"
+                    )));
                 }
                 pos.push(p);
             }
         }
         let vocab = self.word.dim(0)?;
         if let Some(bad) = ids_host.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Input(format!("token id {bad} outside the vocabulary of {vocab}")));
+            return Err(ModelError::Input(format!(
+                "token id {bad} outside the vocabulary of {vocab}"
+            )));
         }
         let pos = Tensor::from_vec(pos, (b * s,), ids.device())?;
         let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
         let h = self.word.dim(1)?;
-        let e = self.word.index_select(&flat, 0)?
+        let e = self
+            .word
+            .index_select(&flat, 0)?
             .add(&self.position.index_select(&pos, 0)?)?
             .broadcast_add(&self.token_type.get(0)?)?
             .reshape((b, s, h))?;
@@ -385,16 +518,31 @@ impl RobertaLayer {
         })
     }
 
-    fn proj(&self, lin: &Linear, x: &Tensor, petl: &LayerPetl, target: LoraTarget) -> candle_core::Result<Tensor> {
+    fn proj(
+        &self,
+        lin: &Linear,
+        x: &Tensor,
+        petl: &LayerPetl,
+        target: LoraTarget,
+    ) -> candle_core::Result<Tensor> {
         let y = lin.forward(x)?;
-        match petl.lora_delta(target, x).map_err(candle_core::Error::wrap)? {
+        match petl
+            .lora_delta(target, x)
+            .map_err(candle_core::Error::wrap)?
+        {
             Some(d) => y.add(&d),
             None => Ok(y),
         }
     }
 
     /// `x [B,S,H]`, `mask_bias [B,1,1,S(+P)]` (0 attend, large negative masked).
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, petl: &LayerPetl, mut rng: Option<&mut PetlRng>) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        petl: &LayerPetl,
+        mut rng: Option<&mut PetlRng>,
+    ) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let nh = self.heads;
         let hd = h / nh;
@@ -405,7 +553,10 @@ impl RobertaLayer {
         if let Some((pk, pv)) = petl.prefix_kv() {
             let p = pk.dim(0)?;
             let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((1, p, nh, hd))?.transpose(1, 2)?.broadcast_as((b, nh, p, hd))?.contiguous()
+                t.reshape((1, p, nh, hd))?
+                    .transpose(1, 2)?
+                    .broadcast_as((b, nh, p, hd))?
+                    .contiguous()
             };
             k = Tensor::cat(&[heads(pk)?, k], 2)?;
             v = Tensor::cat(&[heads(pv)?, v], 2)?;
@@ -429,7 +580,10 @@ impl RobertaLayer {
         }
         let res = hid.add(&x1)?;
         // Pfeiffer placement (method page §3): u = LN(h + x); y = LN(A(u) + h + x)
-        match petl.adapter(&self.out_norm.forward(&res)?).map_err(candle_core::Error::wrap)? {
+        match petl
+            .adapter(&self.out_norm.forward(&res)?)
+            .map_err(candle_core::Error::wrap)?
+        {
             Some(a) => self.out_norm.forward(&a.add(&res)?),
             None => self.out_norm.forward(&res),
         }
@@ -450,7 +604,14 @@ pub struct ClassificationHead {
 
 impl ClassificationHead {
     /// Create a trainable head in `varmap` (`head.*`), init N(0, 0.02), zero biases.
-    pub fn new(hidden: usize, num_labels: usize, dropout: f64, varmap: &VarMap, rng: &mut PetlRng, dev: &Device) -> Result<Self> {
+    pub fn new(
+        hidden: usize,
+        num_labels: usize,
+        dropout: f64,
+        varmap: &VarMap,
+        rng: &mut PetlRng,
+        dev: &Device,
+    ) -> Result<Self> {
         let mut data = varmap.data().lock().expect("varmap lock");
         let mut var = |name: &str, t: Tensor| -> Result<Tensor> {
             let v = candle_core::Var::from_tensor(&t)?;
@@ -458,16 +619,29 @@ impl ClassificationHead {
             Ok(v.as_tensor().clone())
         };
         Ok(Self {
-            dense_w: var("head.dense.weight", rng.normal((hidden, hidden), 0.02, dev)?)?,
+            dense_w: var(
+                "head.dense.weight",
+                rng.normal((hidden, hidden), 0.02, dev)?,
+            )?,
             dense_b: var("head.dense.bias", Tensor::zeros(hidden, DType::F32, dev)?)?,
-            out_w: var("head.out_proj.weight", rng.normal((num_labels, hidden), 0.02, dev)?)?,
-            out_b: var("head.out_proj.bias", Tensor::zeros(num_labels, DType::F32, dev)?)?,
+            out_w: var(
+                "head.out_proj.weight",
+                rng.normal((num_labels, hidden), 0.02, dev)?,
+            )?,
+            out_b: var(
+                "head.out_proj.bias",
+                Tensor::zeros(num_labels, DType::F32, dev)?,
+            )?,
             dropout,
             num_labels,
         })
     }
 
-    fn forward(&self, hidden: &Tensor, mut rng: Option<&mut PetlRng>) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        hidden: &Tensor,
+        mut rng: Option<&mut PetlRng>,
+    ) -> candle_core::Result<Tensor> {
         let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         if let Some(r) = rng.as_deref_mut() {
             x = ops::dropout(&x, self.dropout, r)?;
@@ -481,7 +655,10 @@ impl ClassificationHead {
 
     /// Head parameter count.
     pub fn num_params(&self) -> usize {
-        self.dense_w.elem_count() + self.dense_b.elem_count() + self.out_w.elem_count() + self.out_b.elem_count()
+        self.dense_w.elem_count()
+            + self.dense_b.elem_count()
+            + self.out_w.elem_count()
+            + self.out_b.elem_count()
     }
 }
 
@@ -500,12 +677,29 @@ fn load_layers(ckpt: &Checkpoint) -> Result<(Backbone, Vec<RobertaLayer>)> {
     let layers = (0..c.num_hidden_layers)
         .map(|l| RobertaLayer::load(vb.pp("encoder").pp("layer").pp(l), c))
         .collect::<Result<Vec<_>>>()?;
-    Ok((Backbone { config: c.clone(), embeddings }, layers))
+    Ok((
+        Backbone {
+            config: c.clone(),
+            embeddings,
+        },
+        layers,
+    ))
 }
 
-fn encode(bb: &Backbone, layers: &[RobertaLayer], ctx: &PetlContext, ids: &Tensor, mask: &Tensor, mut rng: Option<&mut PetlRng>) -> Result<Tensor> {
+fn encode(
+    bb: &Backbone,
+    layers: &[RobertaLayer],
+    ctx: &PetlContext,
+    ids: &Tensor,
+    mask: &Tensor,
+    mut rng: Option<&mut PetlRng>,
+) -> Result<Tensor> {
     if ids.dims() != mask.dims() {
-        return Err(ModelError::Input(format!("input_ids {:?} and attention_mask {:?} differ in shape", ids.dims(), mask.dims())));
+        return Err(ModelError::Input(format!(
+            "input_ids {:?} and attention_mask {:?} differ in shape",
+            ids.dims(),
+            mask.dims()
+        )));
     }
     let mut x = bb.embeddings.forward(ids, rng.as_deref_mut())?;
     let b = ids.dim(0)?;
@@ -538,7 +732,12 @@ pub trait RobertaPetl {
     /// Last hidden state `[B, S, H]`; `rng = Some` enables dropout (training).
     fn hidden(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor>;
     /// Hidden state and logits `[B, C]`.
-    fn forward(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<(Tensor, Tensor)>;
+    fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        rng: Option<&mut PetlRng>,
+    ) -> Result<(Tensor, Tensor)>;
     /// Logits only.
     fn logits(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
         Ok(self.forward(ids, mask, rng)?.1)
@@ -546,14 +745,21 @@ pub trait RobertaPetl {
     /// Loss: cross-entropy (integer labels), or MSE when the head has one output.
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         if self.head().num_labels == 1 {
-            Ok(ops::mse(&logits.squeeze(1)?, &labels.to_dtype(DType::F32)?)?)
+            Ok(ops::mse(
+                &logits.squeeze(1)?,
+                &labels.to_dtype(DType::F32)?,
+            )?)
         } else {
             Ok(ops::cross_entropy(logits, labels)?)
         }
     }
     /// The storage report of this model.
     fn storage(&self) -> Result<propetl_runtime::StorageReport> {
-        Ok(propetl_runtime::StorageReport::from_plan(self.state().plan(), self.config().backbone_params(), self.head().num_params())?)
+        Ok(propetl_runtime::StorageReport::from_plan(
+            self.state().plan(),
+            self.config().backbone_params(),
+            self.head().num_params(),
+        )?)
     }
 }
 
@@ -647,7 +853,14 @@ pub enum Variant {
 
 impl Variant {
     /// All variants.
-    pub const ALL: [Variant; 6] = [Variant::ProAdapter, Variant::ProLora, Variant::ProPrefix, Variant::Adapter, Variant::Lora, Variant::Prefix];
+    pub const ALL: [Variant; 6] = [
+        Variant::ProAdapter,
+        Variant::ProLora,
+        Variant::ProPrefix,
+        Variant::Adapter,
+        Variant::Lora,
+        Variant::Prefix,
+    ];
 
     /// Parse `pro_adapter`, `pro_lora`, `pro_prefix`, `adapter`, `lora`, `prefix`.
     pub fn parse(s: &str) -> Result<Self> {
@@ -687,15 +900,71 @@ impl Variant {
     }
 
     /// Build the variant.
-    pub fn build(&self, ckpt: &Checkpoint, num_labels: usize, overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Box<dyn RobertaPetl>> {
+    pub fn build(
+        &self,
+        ckpt: &Checkpoint,
+        num_labels: usize,
+        overrides: &NumericOverrides,
+        varmap: &VarMap,
+        rng: &mut PetlRng,
+    ) -> Result<Box<dyn RobertaPetl>> {
         Ok(match self {
-            Variant::ProAdapter => Box::new(RobertaProAdapter::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
-            Variant::ProLora => Box::new(RobertaProLora::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
-            Variant::ProPrefix => Box::new(RobertaProPrefix::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
-            Variant::Adapter => Box::new(RobertaAdapter::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
-            Variant::Lora => Box::new(RobertaLora::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
-            Variant::Prefix => Box::new(RobertaPrefix::from_checkpoint(ckpt, num_labels, overrides, varmap, rng)?),
+            Variant::ProAdapter => Box::new(RobertaProAdapter::from_checkpoint(
+                ckpt, num_labels, overrides, varmap, rng,
+            )?),
+            Variant::ProLora => Box::new(RobertaProLora::from_checkpoint(
+                ckpt, num_labels, overrides, varmap, rng,
+            )?),
+            Variant::ProPrefix => Box::new(RobertaProPrefix::from_checkpoint(
+                ckpt, num_labels, overrides, varmap, rng,
+            )?),
+            Variant::Adapter => Box::new(RobertaAdapter::from_checkpoint(
+                ckpt, num_labels, overrides, varmap, rng,
+            )?),
+            Variant::Lora => Box::new(RobertaLora::from_checkpoint(
+                ckpt, num_labels, overrides, varmap, rng,
+            )?),
+            Variant::Prefix => Box::new(RobertaPrefix::from_checkpoint(
+                ckpt, num_labels, overrides, varmap, rng,
+            )?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roberta_base_parameter_count() {
+        assert_eq!(RobertaConfig::roberta_base().backbone_params(), 124_645_632);
+    }
+
+    #[test]
+    fn config_errors_are_clear() {
+        let e = RobertaConfig::from_json("{").unwrap_err().to_string();
+        assert!(e.contains("malformed config.json"), "{e}");
+        let e = RobertaConfig::from_json(r#"{"model_type": "t5"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported model_type `t5`"), "{e}");
+        let e = RobertaConfig::from_json(r#"{"model_type": "bert", "vocab_size": 10}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field"), "{e}");
+        let ok = r#"{"model_type":"bert","vocab_size":10,"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":16,"hidden_act":"swish"}"#;
+        let e = RobertaConfig::from_json(ok).unwrap_err().to_string();
+        assert!(e.contains("unsupported hidden_act `swish`"), "{e}");
+        let c = RobertaConfig::from_json(&ok.replace("swish", "gelu")).unwrap();
+        assert_eq!(
+            (
+                c.type_vocab_size,
+                c.layer_norm_eps,
+                c.max_position_embeddings
+            ),
+            (2, 1e-12, 512)
+        );
+        assert!(!c.roberta_positions());
     }
 }
 
@@ -717,7 +986,11 @@ pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let summed = hidden.broadcast_mul(&m)?.sum(1)?;
     let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
     let mean = summed.broadcast_div(&counts)?;
-    let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = mean
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     Ok(mean.broadcast_div(&norm)?)
 }
 

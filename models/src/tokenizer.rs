@@ -18,22 +18,37 @@ pub struct EncoderTokenizer {
 impl EncoderTokenizer {
     /// Load `tokenizer.json`.
     pub fn from_file(path: &Path, pad_id: u32, device: &Device) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
         inner.with_padding(None);
         inner
             .with_truncation(None)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(Self { inner, pad_id, device: device.clone() })
+        Ok(Self {
+            inner,
+            pad_id,
+            device: device.clone(),
+        })
     }
 
     /// Token ids of one text (with special tokens).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, true).map_err(|e| ModelError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Token ids of a text pair (with special tokens).
     pub fn encode_pair(&self, a: &str, b: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode((a, b), true).map_err(|e| ModelError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode((a, b), true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Pad/truncate id sequences into `(input_ids [B,S] u32, attention_mask [B,S] u32)`.
@@ -42,7 +57,12 @@ impl EncoderTokenizer {
         if seqs.is_empty() {
             return Err(ModelError::Input("empty batch".into()));
         }
-        let len = seqs.iter().map(|s| s.len().min(max_len)).max().unwrap_or(1).max(1);
+        let len = seqs
+            .iter()
+            .map(|s| s.len().min(max_len))
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let mut ids = Vec::with_capacity(seqs.len() * len);
         let mut mask = Vec::with_capacity(seqs.len() * len);
         for s in seqs {
@@ -59,12 +79,18 @@ impl EncoderTokenizer {
             mask.extend(std::iter::repeat_n(0u32, len - n));
         }
         let shape = (seqs.len(), len);
-        Ok((Tensor::from_vec(ids, shape, &self.device)?, Tensor::from_vec(mask, shape, &self.device)?))
+        Ok((
+            Tensor::from_vec(ids, shape, &self.device)?,
+            Tensor::from_vec(mask, shape, &self.device)?,
+        ))
     }
 
     /// Encode and batch texts.
     pub fn encode_batch(&self, texts: &[&str], max_len: usize) -> Result<(Tensor, Tensor)> {
-        let seqs = texts.iter().map(|t| self.encode(t)).collect::<Result<Vec<_>>>()?;
+        let seqs = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<Vec<_>>>()?;
         self.batch(&seqs, max_len)
     }
 }

@@ -34,7 +34,11 @@ pub fn propetl(args: TokenStream, input: TokenStream) -> TokenStream {
 pub fn config_expr(spec: &Spec) -> TokenStream {
     let k = &spec.krate;
     let method = match &spec.method {
-        MethodSpec::Adapter { size, activation, init_std } => {
+        MethodSpec::Adapter {
+            size,
+            activation,
+            init_std,
+        } => {
             let size = match size {
                 Size::Reduction(r) => quote!(#k::AdapterSize::Reduction(#r)),
                 Size::Bottleneck(b) => quote!(#k::AdapterSize::Bottleneck(#b)),
@@ -55,7 +59,9 @@ pub fn config_expr(spec: &Spec) -> TokenStream {
             });
             quote!(#k::Method::Lora { r: #r, alpha: #alpha, targets: ::std::borrow::Cow::Borrowed(&[#(#targets),*]) })
         }
-        MethodSpec::Prefix { length, hidden } => quote!(#k::Method::Prefix { length: #length, hidden: #hidden }),
+        MethodSpec::Prefix { length, hidden } => {
+            quote!(#k::Method::Prefix { length: #length, hidden: #hidden })
+        }
     };
     let share = match spec.share.as_str() {
         "none" => quote!(None),
@@ -63,7 +69,11 @@ pub fn config_expr(spec: &Spec) -> TokenStream {
         "tasks" => quote!(Tasks),
         _ => quote!(LayersTasks),
     };
-    let mask = if spec.mask == "binary" { quote!(Binary) } else { quote!(None) };
+    let mask = if spec.mask == "binary" {
+        quote!(Binary)
+    } else {
+        quote!(None)
+    };
     let combine = match spec.combine.as_str() {
         "or" => quote!(Or),
         "and" => quote!(And),
@@ -139,21 +149,38 @@ mod tests {
         let out = propetl(args, item);
         let file: syn::File = syn::parse2(out).expect("expansion parses as a file");
         let pretty = prettyplease::unparse(&file);
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(format!("{name}.expanded.rs"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(format!("{name}.expanded.rs"));
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() || !path.exists() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &pretty).unwrap();
         }
         let expected = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(pretty, expected, "expansion of {name} changed; rerun with UPDATE_SNAPSHOTS=1 and review");
+        assert_eq!(
+            pretty, expected,
+            "expansion of {name} changed; rerun with UPDATE_SNAPSHOTS=1 and review"
+        );
     }
 
     #[test]
     fn adapter_expansion() {
         check(
             "adapter",
-            quote!(adapter(reduction = 12, activation = "relu"), share = "layers", keep = 0.5),
-            quote!(pub struct Encoder { embeddings: Embeddings, #[propetl(layers)] pub blocks: Vec<Block>, #[propetl(state)] petl: PetlState }),
+            quote!(
+                adapter(reduction = 12, activation = "relu"),
+                share = "layers",
+                keep = 0.5
+            ),
+            quote!(
+                pub struct Encoder {
+                    embeddings: Embeddings,
+                    #[propetl(layers)]
+                    pub blocks: Vec<Block>,
+                    #[propetl(state)]
+                    petl: PetlState,
+                }
+            ),
         );
     }
 
@@ -161,8 +188,20 @@ mod tests {
     fn lora_expansion() {
         check(
             "lora",
-            quote!(lora(r = 32, alpha = 48, targets = ["q", "v"]), share = "layers", keep = 0.1, crate = "propetl_runtime"),
-            quote!(struct Encoder<B> { #[propetl(layers)] blocks: [B; 12], #[propetl(state)] petl: PetlState }),
+            quote!(
+                lora(r = 32, alpha = 48, targets = ["q", "v"]),
+                share = "layers",
+                keep = 0.1,
+                crate = "propetl_runtime"
+            ),
+            quote!(
+                struct Encoder<B> {
+                    #[propetl(layers)]
+                    blocks: [B; 12],
+                    #[propetl(state)]
+                    petl: PetlState,
+                }
+            ),
         );
     }
 
@@ -170,17 +209,42 @@ mod tests {
     fn prefix_expansion() {
         check(
             "prefix",
-            quote!(prefix(length = 64, hidden = 512), share = "layers+tasks", combine = "or"),
-            quote!(struct Encoder { #[propetl(layers)] blocks: Vec<Block>, #[propetl(state)] petl: PetlState }),
+            quote!(
+                prefix(length = 64, hidden = 512),
+                share = "layers+tasks",
+                combine = "or"
+            ),
+            quote!(
+                struct Encoder {
+                    #[propetl(layers)]
+                    blocks: Vec<Block>,
+                    #[propetl(state)]
+                    petl: PetlState,
+                }
+            ),
         );
     }
 
     #[test]
     fn errors_emit_a_stub() {
-        let out = propetl(quote!(adapter, keep = 2.0), quote!(struct S { #[propetl(layers)] b: Vec<u8>, #[propetl(state)] p: PetlState })).to_string();
+        let out = propetl(
+            quote!(adapter, keep = 2.0),
+            quote!(
+                struct S {
+                    #[propetl(layers)]
+                    b: Vec<u8>,
+                    #[propetl(state)]
+                    p: PetlState,
+                }
+            ),
+        )
+        .to_string();
         assert!(out.contains("compile_error"), "{out}");
         assert!(out.contains("struct S"), "{out}");
         assert!(out.contains("PROPETL"), "{out}");
-        assert!(!out.contains("# [propetl"), "field attributes must be stripped: {out}");
+        assert!(
+            !out.contains("# [propetl"),
+            "field attributes must be stripped: {out}"
+        );
     }
 }

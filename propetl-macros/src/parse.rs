@@ -51,9 +51,20 @@ pub enum Size {
 /// A validated method with its hyper-parameters (defaults filled in).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MethodSpec {
-    Adapter { size: Size, activation: String, init_std: f64 },
-    Lora { r: usize, alpha: f64, targets: Vec<String> },
-    Prefix { length: usize, hidden: usize },
+    Adapter {
+        size: Size,
+        activation: String,
+        init_std: f64,
+    },
+    Lora {
+        r: usize,
+        alpha: f64,
+        targets: Vec<String>,
+    },
+    Prefix {
+        length: usize,
+        hidden: usize,
+    },
 }
 
 impl MethodSpec {
@@ -80,7 +91,11 @@ impl Spec {
     /// The paper's ProAdapter: used for the stub emitted next to errors.
     pub fn fallback() -> Self {
         Spec {
-            method: MethodSpec::Adapter { size: Size::Reduction(12), activation: "relu".into(), init_std: 0.02 },
+            method: MethodSpec::Adapter {
+                size: Size::Reduction(12),
+                activation: "relu".into(),
+                init_std: 0.02,
+            },
             share: "layers".into(),
             mask: "binary".into(),
             combine: "or".into(),
@@ -102,7 +117,9 @@ struct Given<T> {
 
 fn string_value(expr: &Expr, errors: &mut Errors, key: &str, choices: &[&str]) -> Option<String> {
     match expr {
-        Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
             let v = s.value();
             if choices.contains(&v.as_str()) {
                 Some(v)
@@ -112,7 +129,10 @@ fn string_value(expr: &Expr, errors: &mut Errors, key: &str, choices: &[&str]) -
             }
         }
         other => {
-            errors.at(other, format!("`{key}` takes a string, e.g. {key} = \"{}\"", choices[0]));
+            errors.at(
+                other,
+                format!("`{key}` takes a string, e.g. {key} = \"{}\"", choices[0]),
+            );
             None
         }
     }
@@ -120,18 +140,29 @@ fn string_value(expr: &Expr, errors: &mut Errors, key: &str, choices: &[&str]) -
 
 fn number_value(expr: &Expr, errors: &mut Errors, key: &str) -> Option<f64> {
     let (neg, inner) = match expr {
-        Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), expr, .. }) => (true, &**expr),
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr,
+            ..
+        }) => (true, &**expr),
         e => (false, e),
     };
     let v = match inner {
-        Expr::Lit(syn::ExprLit { lit: Lit::Float(f), .. }) => f.base10_parse::<f64>().ok(),
-        Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<f64>().ok(),
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Float(f), ..
+        }) => f.base10_parse::<f64>().ok(),
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<f64>().ok(),
         _ => None,
     };
     match v {
         Some(v) => Some(if neg { -v } else { v }),
         None => {
-            errors.at(expr, format!("`{key}` takes a number literal, e.g. {key} = 0.5"));
+            errors.at(
+                expr,
+                format!("`{key}` takes a number literal, e.g. {key} = 0.5"),
+            );
             None
         }
     }
@@ -139,7 +170,9 @@ fn number_value(expr: &Expr, errors: &mut Errors, key: &str) -> Option<f64> {
 
 fn int_value(expr: &Expr, errors: &mut Errors, key: &str) -> Option<usize> {
     match expr {
-        Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => match i.base10_parse::<usize>() {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(i), ..
+        }) => match i.base10_parse::<usize>() {
             Ok(v) => Some(v),
             Err(e) => {
                 errors.push(e);
@@ -147,14 +180,20 @@ fn int_value(expr: &Expr, errors: &mut Errors, key: &str) -> Option<usize> {
             }
         },
         other => {
-            errors.at(other, format!("`{key}` takes a non-negative integer literal"));
+            errors.at(
+                other,
+                format!("`{key}` takes a non-negative integer literal"),
+            );
             None
         }
     }
 }
 
 fn key_of(meta: &Meta) -> String {
-    meta.path().get_ident().map(|i| i.to_string()).unwrap_or_else(|| quote::quote!(#meta).to_string())
+    meta.path()
+        .get_ident()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| quote::quote!(#meta).to_string())
 }
 
 /// Parse the nested `key = value` list of a method.
@@ -163,7 +202,15 @@ fn nested(meta: &Meta, allowed: &[&str], errors: &mut Errors) -> Vec<(String, Me
         Meta::Path(_) => return vec![],
         Meta::List(l) => l,
         Meta::NameValue(nv) => {
-            errors.at(nv, format!("`{}` is a method, not a key: write `{}` or `{}(...)`", key_of(meta), key_of(meta), key_of(meta)));
+            errors.at(
+                nv,
+                format!(
+                    "`{}` is a method, not a key: write `{}` or `{}(...)`",
+                    key_of(meta),
+                    key_of(meta),
+                    key_of(meta)
+                ),
+            );
             return vec![];
         }
     };
@@ -186,8 +233,18 @@ fn nested(meta: &Meta, allowed: &[&str], errors: &mut Errors) -> Vec<(String, Me
                 let value = nv.value.clone();
                 out.push((key, item.clone(), value));
             }
-            Meta::NameValue(nv) => errors.at(&nv.path, unknown(&format!("{} option", key_of(meta)), &key, allowed)),
-            other => errors.at(other, format!("expected `key = value` inside {}(...), one of: {}", key_of(meta), allowed.join(", "))),
+            Meta::NameValue(nv) => errors.at(
+                &nv.path,
+                unknown(&format!("{} option", key_of(meta)), &key, allowed),
+            ),
+            other => errors.at(
+                other,
+                format!(
+                    "expected `key = value` inside {}(...), one of: {}",
+                    key_of(meta),
+                    allowed.join(", ")
+                ),
+            ),
         }
     }
     out
@@ -203,7 +260,10 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
             for (key, item, value) in nested(meta, ADAPTER_KEYS, errors) {
                 match key.as_str() {
                     "reduction" | "bottleneck" => {
-                        let Some(v) = int_value(&value, errors, &key) else { ok = false; continue };
+                        let Some(v) = int_value(&value, errors, &key) else {
+                            ok = false;
+                            continue;
+                        };
                         if v == 0 {
                             errors.at(&value, format!("adapter `{key}` must be at least 1"));
                             ok = false;
@@ -211,13 +271,23 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
                         }
                         if let Some(prev) = &size {
                             let mut e = syn::Error::new_spanned(&item, "give either `reduction` or `bottleneck`, not both: the bottleneck is hidden / reduction");
-                            e.combine(syn::Error::new_spanned(&prev.tokens, "the other one is given here"));
+                            e.combine(syn::Error::new_spanned(
+                                &prev.tokens,
+                                "the other one is given here",
+                            ));
                             errors.push(e);
                             ok = false;
                             continue;
                         }
-                        let s = if key == "reduction" { Size::Reduction(v) } else { Size::Bottleneck(v) };
-                        size = Some(Given { value: s, tokens: quote::quote!(#item) });
+                        let s = if key == "reduction" {
+                            Size::Reduction(v)
+                        } else {
+                            Size::Bottleneck(v)
+                        };
+                        size = Some(Given {
+                            value: s,
+                            tokens: quote::quote!(#item),
+                        });
                     }
                     "activation" => match string_value(&value, errors, "activation", ACTIVATIONS) {
                         Some(a) => activation = a,
@@ -234,10 +304,15 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
                     _ => unreachable!("filtered by nested()"),
                 }
             }
-            ok.then(|| MethodSpec::Adapter { size: size.map(|s| s.value).unwrap_or(Size::Reduction(12)), activation, init_std })
+            ok.then(|| MethodSpec::Adapter {
+                size: size.map(|s| s.value).unwrap_or(Size::Reduction(12)),
+                activation,
+                init_std,
+            })
         }
         "lora" => {
-            let (mut r, mut alpha, mut targets) = (32usize, 48.0f64, vec!["q".to_string(), "v".to_string()]);
+            let (mut r, mut alpha, mut targets) =
+                (32usize, 48.0f64, vec!["q".to_string(), "v".to_string()]);
             let mut ok = true;
             for (key, _item, value) in nested(meta, LORA_KEYS, errors) {
                 match key.as_str() {
@@ -305,13 +380,14 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
 
 /// Parse and validate the attribute arguments.
 pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option<Spec> {
-    let metas = match syn::parse::Parser::parse2(Punctuated::<Meta, Token![,]>::parse_terminated, args) {
-        Ok(m) => m,
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
+    let metas =
+        match syn::parse::Parser::parse2(Punctuated::<Meta, Token![,]>::parse_terminated, args) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(e);
+                return None;
+            }
+        };
     let mut method: Option<(String, proc_macro2::TokenStream)> = None;
     let mut method_spec: Option<MethodSpec> = None;
     let mut method_ok = true;
@@ -329,8 +405,16 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
         let key = key_of(meta);
         if METHODS.contains(&key.as_str()) {
             if let Some((first, first_tokens)) = &method {
-                let mut e = syn::Error::new_spanned(meta.path(), format!("a model has exactly one PETL method, but `{key}` comes after `{first}`"));
-                e.combine(syn::Error::new_spanned(first_tokens, format!("`{first}` is chosen here")));
+                let mut e = syn::Error::new_spanned(
+                    meta.path(),
+                    format!(
+                        "a model has exactly one PETL method, but `{key}` comes after `{first}`"
+                    ),
+                );
+                e.combine(syn::Error::new_spanned(
+                    first_tokens,
+                    format!("`{first}` is chosen here"),
+                ));
                 errors.push(e);
                 method_ok = false;
                 continue;
@@ -357,7 +441,10 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
         };
         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
             let mut e = syn::Error::new_spanned(&nv.path, format!("duplicate key `{key}`"));
-            e.combine(syn::Error::new_spanned(first, format!("`{key}` is first given here")));
+            e.combine(syn::Error::new_spanned(
+                first,
+                format!("`{key}` is first given here"),
+            ));
             errors.push(e);
             ok = false;
             continue;
@@ -392,11 +479,19 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
                 None => ok = false,
             },
             "crate" => match &nv.value {
-                Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) => match s.parse::<syn::Path>() {
+                Expr::Lit(syn::ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => match s.parse::<syn::Path>() {
                     Ok(p) => krate = p,
-                    Err(e) => errors.push(syn::Error::new(s.span(), format!("`crate` must name a path: {e}"))),
+                    Err(e) => errors.push(syn::Error::new(
+                        s.span(),
+                        format!("`crate` must name a path: {e}"),
+                    )),
                 },
-                other => errors.at(other, "`crate` takes a string, e.g. crate = \"propetl_runtime\""),
+                other => errors.at(
+                    other,
+                    "`crate` takes a string, e.g. crate = \"propetl_runtime\"",
+                ),
             },
             "sparsity" => {
                 errors.at(nv, "`sparsity` is called `keep` here: it is the fraction of prototype entries a mask KEEPS (the reference code's flag was misnamed), so write `keep = <value>`");
@@ -422,9 +517,18 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
         return None;
     }
 
-    let share_v = share.as_ref().map(|s| s.value.clone()).unwrap_or_else(|| "layers".into());
+    let share_v = share
+        .as_ref()
+        .map(|s| s.value.clone())
+        .unwrap_or_else(|| "layers".into());
     let unshared = share_v == "none";
-    let mask_v = mask.as_ref().map(|m| m.value.clone()).unwrap_or_else(|| if unshared { "none".into() } else { "binary".into() });
+    let mask_v = mask.as_ref().map(|m| m.value.clone()).unwrap_or_else(|| {
+        if unshared {
+            "none".into()
+        } else {
+            "binary".into()
+        }
+    });
     if let (true, Some(m)) = (unshared, &mask) {
         if m.value == "binary" {
             errors.at(&m.tokens, "share = \"none\" is the unshared baseline and has no masks: drop `mask = \"binary\"` or share the prototype (share = \"layers\")");
@@ -433,8 +537,15 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
     }
     if let Some(k) = &keep {
         if mask_v == "none" {
-            let why = if unshared { "share = \"none\" (the unshared baseline) has no masks" } else { "mask = \"none\" has no masks" };
-            errors.at(&k.tokens, format!("`keep` has no effect: {why}; remove `keep`"));
+            let why = if unshared {
+                "share = \"none\" (the unshared baseline) has no masks"
+            } else {
+                "mask = \"none\" has no masks"
+            };
+            errors.at(
+                &k.tokens,
+                format!("`keep` has no effect: {why}; remove `keep`"),
+            );
             ok = false;
         }
     }
@@ -451,7 +562,9 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
     if !ok {
         return None;
     }
-    let keep_v = keep.map(|k| k.value).unwrap_or_else(|| method_spec.default_keep());
+    let keep_v = keep
+        .map(|k| k.value)
+        .unwrap_or_else(|| method_spec.default_keep());
     Some(Spec {
         method: method_spec,
         share: share_v,
@@ -478,7 +591,12 @@ pub struct ModelStruct {
 fn is_stack(ty: &Type) -> bool {
     match ty {
         Type::Array(_) => true,
-        Type::Path(p) => p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Vec" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))),
+        Type::Path(p) => {
+            p.qself.is_none()
+                && p.path.segments.last().is_some_and(|s| {
+                    s.ident == "Vec" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+                })
+        }
         Type::Group(g) => is_stack(&g.elem),
         Type::Paren(p) => is_stack(&p.elem),
         _ => false,
@@ -487,7 +605,10 @@ fn is_stack(ty: &Type) -> bool {
 
 /// Parse the item: it must be a struct with named fields, one `#[propetl(layers)]` field of
 /// type `Vec<_>` or `[_; N]`, and one `#[propetl(state)]` field.
-pub fn parse_struct(input: proc_macro2::TokenStream, errors: &mut Errors) -> Result<ModelStruct, proc_macro2::TokenStream> {
+pub fn parse_struct(
+    input: proc_macro2::TokenStream,
+    errors: &mut Errors,
+) -> Result<ModelStruct, proc_macro2::TokenStream> {
     let item: Item = match syn::parse2(input.clone()) {
         Ok(i) => i,
         Err(e) => {
@@ -506,7 +627,10 @@ pub fn parse_struct(input: proc_macro2::TokenStream, errors: &mut Errors) -> Res
             return Err(input);
         }
         other => {
-            errors.push(syn::Error::new(other.span(), "#[propetl] can only be used on a struct with named fields"));
+            errors.push(syn::Error::new(
+                other.span(),
+                "#[propetl] can only be used on a struct with named fields",
+            ));
             return Err(input);
         }
     };
@@ -515,7 +639,10 @@ pub fn parse_struct(input: proc_macro2::TokenStream, errors: &mut Errors) -> Res
     let mut unknown_attr = false;
     let named = matches!(item.fields, Fields::Named(_));
     if !named {
-        errors.at(&item.fields, "#[propetl] needs named fields (one marked #[propetl(layers)], one #[propetl(state)])");
+        errors.at(
+            &item.fields,
+            "#[propetl] needs named fields (one marked #[propetl(layers)], one #[propetl(state)])",
+        );
     }
     for field in item.fields.iter_mut() {
         let mut kept = Vec::new();
@@ -537,15 +664,23 @@ pub fn parse_struct(input: proc_macro2::TokenStream, errors: &mut Errors) -> Res
             }
             for p in paths {
                 let name = p.get_ident().map(|i| i.to_string()).unwrap_or_default();
-                let Some(ident) = field.ident.clone() else { continue };
+                let Some(ident) = field.ident.clone() else {
+                    continue;
+                };
                 match name.as_str() {
                     "layers" => {
                         if !is_stack(&field.ty) {
                             errors.at(&field.ty, "#[propetl(layers)] marks the repeated blocks and must be a `Vec<Block>` or `[Block; N]`");
                         }
-                        layers.push(MarkedField { member: ident, ty: field.ty.clone() });
+                        layers.push(MarkedField {
+                            member: ident,
+                            ty: field.ty.clone(),
+                        });
                     }
-                    "state" => state.push(MarkedField { member: ident, ty: field.ty.clone() }),
+                    "state" => state.push(MarkedField {
+                        member: ident,
+                        ty: field.ty.clone(),
+                    }),
                     _ => {
                         errors.at(&p, unknown("field attribute", &name, FIELD_ATTRS));
                         unknown_attr = true;
@@ -556,14 +691,26 @@ pub fn parse_struct(input: proc_macro2::TokenStream, errors: &mut Errors) -> Res
         field.attrs = kept;
     }
     if named {
-        for (what, found, example) in [("layers", &layers, "#[propetl(layers)] blocks: Vec<Block>"), ("state", &state, "#[propetl(state)] petl: PetlState")] {
+        for (what, found, example) in [
+            ("layers", &layers, "#[propetl(layers)] blocks: Vec<Block>"),
+            ("state", &state, "#[propetl(state)] petl: PetlState"),
+        ] {
             match found.len() {
                 0 if unknown_attr => {}
-                0 => errors.at(&item.ident, format!("missing #[propetl({what})] field: mark one field, e.g. `{example}`")),
+                0 => errors.at(
+                    &item.ident,
+                    format!("missing #[propetl({what})] field: mark one field, e.g. `{example}`"),
+                ),
                 1 => {}
                 _ => {
                     for extra in &found[1..] {
-                        errors.at(&extra.member, format!("only one field may be #[propetl({what})]; `{}` is marked already", found[0].member));
+                        errors.at(
+                            &extra.member,
+                            format!(
+                                "only one field may be #[propetl({what})]; `{}` is marked already",
+                                found[0].member
+                            ),
+                        );
                     }
                 }
             }
@@ -571,5 +718,9 @@ pub fn parse_struct(input: proc_macro2::TokenStream, errors: &mut Errors) -> Res
     }
     let layers = layers.into_iter().next();
     let state = state.into_iter().next();
-    Ok(ModelStruct { item, layers, state })
+    Ok(ModelStruct {
+        item,
+        layers,
+        state,
+    })
 }

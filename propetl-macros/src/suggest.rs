@@ -21,16 +21,24 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (distance(&lower, c), *c))
-        .filter(|(d, c)| *d <= (c.len() / 3).max(1) + 1 || c.starts_with(&lower) || lower.starts_with(c))
+        .filter(|(d, c)| {
+            *d <= (c.len() / 3).max(1) + 1 || c.starts_with(&lower) || lower.starts_with(c)
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
 /// `unknown {what} `{word}`; did you mean `x`? (expected one of: …)`.
 pub fn unknown(what: &str, word: &str, candidates: &[&str]) -> String {
-    let list = candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+    let list = candidates
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     match closest(word, candidates) {
-        Some(c) => format!("unknown {what} `{word}`; did you mean `{c}`? (expected one of: {list})"),
+        Some(c) => {
+            format!("unknown {what} `{word}`; did you mean `{c}`? (expected one of: {list})")
+        }
         None => format!("unknown {what} `{word}` (expected one of: {list})"),
     }
 }
@@ -41,9 +49,18 @@ mod tests {
 
     #[test]
     fn suggests_close_words() {
-        assert_eq!(closest("adaptor", &["adapter", "lora", "prefix"]), Some("adapter"));
-        assert_eq!(closest("layer", &["none", "layers", "tasks", "layers+tasks"]), Some("layers"));
+        assert_eq!(
+            closest("adaptor", &["adapter", "lora", "prefix"]),
+            Some("adapter")
+        );
+        assert_eq!(
+            closest("layer", &["none", "layers", "tasks", "layers+tasks"]),
+            Some("layers")
+        );
         assert_eq!(closest("zzzzzz", &["adapter", "lora", "prefix"]), None);
-        assert_eq!(closest("gelu-new", &["relu", "gelu_new", "gelu"]), Some("gelu_new"));
+        assert_eq!(
+            closest("gelu-new", &["relu", "gelu_new", "gelu"]),
+            Some("gelu_new")
+        );
     }
 }

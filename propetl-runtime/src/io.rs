@@ -62,7 +62,10 @@ pub struct LoadedState {
 
 /// Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| PetlError::Io { path: path.to_path_buf(), source };
+    let io = |source| PetlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -98,23 +101,39 @@ fn stored_prototype_shapes(plan: &Plan) -> BTreeMap<String, Vec<usize>> {
     match &plan.config.method {
         Method::Prefix { length, .. } => {
             let h = plan.layout.hidden;
-            let width = if plan.config.shares_layers() { 2 * h } else { 2 * h * plan.layout.layers.len() };
+            let width = if plan.config.shares_layers() {
+                2 * h
+            } else {
+                2 * h * plan.layout.layers.len()
+            };
             BTreeMap::from([("prefix.ejected".to_string(), vec![*length, width])])
         }
-        _ => plan.prototype.iter().map(|p| (p.name.clone(), p.shape.clone())).collect(),
+        _ => plan
+            .prototype
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect(),
     }
 }
 
 impl PetlState {
     /// Save the trained state (prototype, current hard masks) plus `extra` tensors such as the
     /// head. `backbone_params` goes into the storage report of the manifest.
-    pub fn save(&self, path: impl AsRef<Path>, extra: &BTreeMap<String, Tensor>, backbone_params: usize) -> Result<Manifest> {
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        extra: &BTreeMap<String, Tensor>,
+        backbone_params: usize,
+    ) -> Result<Manifest> {
         let path = path.as_ref();
         let plan = self.plan();
         let (proto, masks) = self.stored_tensors()?;
         let mut blobs: BTreeMap<String, (StDtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for (name, t) in &proto {
-            blobs.insert(name.clone(), (StDtype::F32, t.dims().to_vec(), f32_bytes(t)?));
+            blobs.insert(
+                name.clone(),
+                (StDtype::F32, t.dims().to_vec(), f32_bytes(t)?),
+            );
         }
         let mut mask_shapes = BTreeMap::new();
         for (name, m) in &masks {
@@ -126,10 +145,15 @@ impl PetlState {
         let mut head_params = 0;
         for (name, t) in extra {
             if blobs.contains_key(name) {
-                return Err(PetlError::config(format!("extra tensor `{name}` clashes with a PETL tensor")));
+                return Err(PetlError::config(format!(
+                    "extra tensor `{name}` clashes with a PETL tensor"
+                )));
             }
             head_params += t.elem_count();
-            blobs.insert(name.clone(), (StDtype::F32, t.dims().to_vec(), f32_bytes(t)?));
+            blobs.insert(
+                name.clone(),
+                (StDtype::F32, t.dims().to_vec(), f32_bytes(t)?),
+            );
             extra_shapes.insert(name.clone(), t.dims().to_vec());
         }
         let manifest = Manifest {
@@ -137,7 +161,10 @@ impl PetlState {
             version: VERSION,
             config: plan.config.clone(),
             layout: plan.layout.clone(),
-            prototype: proto.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect(),
+            prototype: proto
+                .iter()
+                .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+                .collect(),
             masks: mask_shapes,
             extra: extra_shapes,
             storage: StorageReport::from_plan(plan, backbone_params, head_params)?,
@@ -150,8 +177,11 @@ impl PetlState {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| PetlError::config(format!("safetensors view: {e}")))?;
-        let bytes = safetensors::tensor::serialize(views, Some(HashMap::from([(MANIFEST_KEY.to_string(), json)])))
-            .map_err(|e| PetlError::config(format!("safetensors serialization: {e}")))?;
+        let bytes = safetensors::tensor::serialize(
+            views,
+            Some(HashMap::from([(MANIFEST_KEY.to_string(), json)])),
+        )
+        .map_err(|e| PetlError::config(format!("safetensors serialization: {e}")))?;
         atomic_write(path, &bytes)?;
         Ok(manifest)
     }
@@ -159,28 +189,54 @@ impl PetlState {
     /// Load a state saved by [`PetlState::save`] into a model described by `config` and
     /// `layout`. Everything is validated: manifest version, method and layout, every tensor's
     /// presence, dtype and shape, mask bit counts, and unknown tensors.
-    pub fn load(path: impl AsRef<Path>, config: &PetlConfig, layout: &PetlLayout, device: &Device) -> Result<LoadedState> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: &PetlConfig,
+        layout: &PetlLayout,
+        device: &Device,
+    ) -> Result<LoadedState> {
         let path = path.as_ref();
-        let err = |kind| PetlError::Load { path: path.to_path_buf(), kind };
-        let bytes = std::fs::read(path).map_err(|source| PetlError::Io { path: path.to_path_buf(), source })?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| err(LoadErrorKind::Corrupt(e.to_string())))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(LoadErrorKind::Corrupt(e.to_string())))?;
+        let err = |kind| PetlError::Load {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let bytes = std::fs::read(path).map_err(|source| PetlError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| err(LoadErrorKind::Corrupt(e.to_string())))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| err(LoadErrorKind::Corrupt(e.to_string())))?;
         let json = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get(MANIFEST_KEY))
             .ok_or_else(|| err(LoadErrorKind::MissingManifest))?;
-        let raw: serde_json::Value = serde_json::from_str(json).map_err(|e| err(LoadErrorKind::BadManifest(e.to_string())))?;
+        let raw: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| err(LoadErrorKind::BadManifest(e.to_string())))?;
         if raw.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-            return Err(err(LoadErrorKind::BadManifest(format!("format is not `{FORMAT}`"))));
+            return Err(err(LoadErrorKind::BadManifest(format!(
+                "format is not `{FORMAT}`"
+            ))));
         }
-        let version = raw.get("version").and_then(|v| v.as_u64()).ok_or_else(|| err(LoadErrorKind::BadManifest("no version".into())))?;
+        let version = raw
+            .get("version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| err(LoadErrorKind::BadManifest("no version".into())))?;
         if version != VERSION as u64 {
-            return Err(err(LoadErrorKind::UnsupportedVersion { found: version as u32, supported: VERSION }));
+            return Err(err(LoadErrorKind::UnsupportedVersion {
+                found: version as u32,
+                supported: VERSION,
+            }));
         }
-        let manifest: Manifest = serde_json::from_value(raw).map_err(|e| err(LoadErrorKind::BadManifest(e.to_string())))?;
+        let manifest: Manifest = serde_json::from_value(raw)
+            .map_err(|e| err(LoadErrorKind::BadManifest(e.to_string())))?;
         // Structure: everything but keep must agree (keep is baked into the stored masks).
-        let structural = |c: &PetlConfig| PetlConfig { keep: 1.0, ..c.clone() };
+        let structural = |c: &PetlConfig| PetlConfig {
+            keep: 1.0,
+            ..c.clone()
+        };
         if structural(&manifest.config) != structural(config) || manifest.layout != *layout {
             return Err(err(LoadErrorKind::WrongPrototype {
                 saved: format!("{} on {:?}", manifest.config.describe(), manifest.layout),
@@ -190,7 +246,9 @@ impl PetlState {
         let plan = Plan::new(&manifest.config, layout)?;
         let mut seen = std::collections::BTreeSet::new();
         let get = |name: &str, dtype: StDtype, shape: &[usize]| -> Result<Vec<u8>> {
-            let view = st.tensor(name).map_err(|_| err(LoadErrorKind::MissingTensor(name.to_string())))?;
+            let view = st
+                .tensor(name)
+                .map_err(|_| err(LoadErrorKind::MissingTensor(name.to_string())))?;
             if view.dtype() != dtype || view.shape() != shape {
                 return Err(err(LoadErrorKind::TensorMismatch {
                     name: name.to_string(),
@@ -201,9 +259,16 @@ impl PetlState {
             Ok(view.data().to_vec())
         };
         let to_f32 = |name: &str, data: Vec<u8>, shape: &[usize]| -> Result<Tensor> {
-            let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let v: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(err(LoadErrorKind::TensorMismatch { name: name.to_string(), expected: "finite values".into(), found: "NaN or infinity".into() }));
+                return Err(err(LoadErrorKind::TensorMismatch {
+                    name: name.to_string(),
+                    expected: "finite values".into(),
+                    found: "NaN or infinity".into(),
+                }));
             }
             Ok(Tensor::from_vec(v, shape, device)?)
         };
@@ -217,9 +282,18 @@ impl PetlState {
         for s in &plan.scores {
             let n: usize = s.shape.iter().product();
             let data = get(&s.name, StDtype::U8, &[n.div_ceil(8)])?;
-            let bits = unpack_bits(&data, n).map_err(|e| err(LoadErrorKind::TensorMismatch { name: s.name.clone(), expected: format!("{n} mask bits"), found: e }))?;
+            let bits = unpack_bits(&data, n).map_err(|e| {
+                err(LoadErrorKind::TensorMismatch {
+                    name: s.name.clone(),
+                    expected: format!("{n} mask bits"),
+                    found: e,
+                })
+            })?;
             let vals: Vec<f32> = bits.into_iter().map(f32::from).collect();
-            masks.insert(s.name.clone(), Tensor::from_vec(vals, s.shape.as_slice(), device)?);
+            masks.insert(
+                s.name.clone(),
+                Tensor::from_vec(vals, s.shape.as_slice(), device)?,
+            );
             seen.insert(s.name.clone());
         }
         let mut extra = BTreeMap::new();
@@ -232,6 +306,10 @@ impl PetlState {
             return Err(err(LoadErrorKind::UnexpectedTensor(unexpected.to_string())));
         }
         let state = PetlState::from_fixed(plan, values, masks, device);
-        Ok(LoadedState { state, extra, manifest })
+        Ok(LoadedState {
+            state,
+            extra,
+            manifest,
+        })
     }
 }

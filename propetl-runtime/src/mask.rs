@@ -66,7 +66,7 @@ pub fn binarize(scores: &Tensor, keep: f64, name: &str) -> Result<Tensor> {
 pub fn straight_through(hard: &Tensor, scores: &Tensor) -> Result<Tensor> {
     let sign = scores.sign()?.detach();
     let a = scores.mul(&sign)?; // |S| with d|S|/dS = sign(S), sign(0) = 0 as in PyTorch
-    // a − a.detach() is exactly 0 in the forward pass, so the result equals `hard` bit for bit.
+                                // a − a.detach() is exactly 0 in the forward pass, so the result equals `hard` bit for bit.
     Ok(hard.add(&a.sub(&a.detach())?)?)
 }
 
@@ -112,7 +112,7 @@ pub fn unpack_bits(bytes: &[u8], n: usize) -> std::result::Result<Vec<u8>, Strin
             n.div_ceil(8)
         ));
     }
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         let last = bytes[bytes.len() - 1];
         if last >> (n % 8) != 0 {
             return Err("padding bits are set".to_string());
@@ -146,7 +146,10 @@ mod tests {
             }
         }
         // k = 1.0 keeps everything, tiny n with small k drops all but the rounding.
-        assert_eq!(binarize_host(&[0.0, 0.0, 0.0], 1.0, "t").unwrap(), vec![1, 1, 1]);
+        assert_eq!(
+            binarize_host(&[0.0, 0.0, 0.0], 1.0, "t").unwrap(),
+            vec![1, 1, 1]
+        );
         assert_eq!(kept_count(1, 0.1), 1); // floor(0.9) = 0 dropped
         assert_eq!(kept_count(10, 0.1), 1);
         // 1 - 0.7 = 0.30000000000000004 in f64: floor(0.3·10) = 3

@@ -81,11 +81,15 @@ impl NumericOverrides {
         if let Some(k) = self.keep {
             c.keep = k;
         }
-        let foreign = |what: &str| PetlError::config(format!("`{what}` does not apply to {}", base.method.name()));
+        let foreign = |what: &str| {
+            PetlError::config(format!("`{what}` does not apply to {}", base.method.name()))
+        };
         match &mut c.method {
             Method::Adapter { size, init_std, .. } => {
                 if self.reduction.is_some() && self.bottleneck.is_some() {
-                    return Err(PetlError::config("give either reduction or bottleneck, not both"));
+                    return Err(PetlError::config(
+                        "give either reduction or bottleneck, not both",
+                    ));
                 }
                 if let Some(r) = self.reduction {
                     *size = AdapterSize::Reduction(r);
@@ -96,7 +100,13 @@ impl NumericOverrides {
                 if let Some(s) = self.init_std {
                     *init_std = s;
                 }
-                for (set, n) in [(self.r.is_some() || self.alpha.is_some(), "r/alpha"), (self.length.is_some() || self.hidden.is_some(), "length/hidden")] {
+                for (set, n) in [
+                    (self.r.is_some() || self.alpha.is_some(), "r/alpha"),
+                    (
+                        self.length.is_some() || self.hidden.is_some(),
+                        "length/hidden",
+                    ),
+                ] {
                     if set {
                         return Err(foreign(n));
                     }
@@ -109,7 +119,12 @@ impl NumericOverrides {
                 if let Some(x) = self.alpha {
                     *alpha = x;
                 }
-                if self.reduction.is_some() || self.bottleneck.is_some() || self.init_std.is_some() || self.length.is_some() || self.hidden.is_some() {
+                if self.reduction.is_some()
+                    || self.bottleneck.is_some()
+                    || self.init_std.is_some()
+                    || self.length.is_some()
+                    || self.hidden.is_some()
+                {
                     return Err(foreign("adapter/prefix sizes"));
                 }
             }
@@ -120,7 +135,12 @@ impl NumericOverrides {
                 if let Some(x) = self.hidden {
                     *hidden = x;
                 }
-                if self.reduction.is_some() || self.bottleneck.is_some() || self.init_std.is_some() || self.r.is_some() || self.alpha.is_some() {
+                if self.reduction.is_some()
+                    || self.bottleneck.is_some()
+                    || self.init_std.is_some()
+                    || self.r.is_some()
+                    || self.alpha.is_some()
+                {
                     return Err(foreign("adapter/LoRA sizes"));
                 }
             }
@@ -175,7 +195,11 @@ pub trait ProPetlModel {
     fn effective_module(&self, layer: usize, task: &str) -> Result<LayerPetl> {
         let ctx = self.petl_context(task)?;
         if layer >= ctx.len() {
-            return Err(PetlError::Unknown { kind: "layer index", name: layer.to_string(), known: format!("0..{}", ctx.len()) });
+            return Err(PetlError::Unknown {
+                kind: "layer index",
+                name: layer.to_string(),
+                known: format!("0..{}", ctx.len()),
+            });
         }
         Ok(ctx.layer(layer).clone())
     }
@@ -193,7 +217,12 @@ pub trait ProPetlModel {
     }
 
     /// Save the PETL state plus `extra` tensors (heads).
-    fn save_petl(&self, path: &Path, extra: &BTreeMap<String, Tensor>, backbone_params: usize) -> Result<Manifest> {
+    fn save_petl(
+        &self,
+        path: &Path,
+        extra: &BTreeMap<String, Tensor>,
+        backbone_params: usize,
+    ) -> Result<Manifest> {
         self.petl().save(path, extra, backbone_params)
     }
 

@@ -82,9 +82,24 @@ pub fn reference_groups(
     hyper: &GroupHyper,
 ) -> Vec<ParamGroup> {
     let mut groups = vec![
-        ParamGroup { name: "mask".into(), params: vec![], lr: hyper.mask_lr, weight_decay: hyper.mask_weight_decay },
-        ParamGroup { name: "decay".into(), params: vec![], lr: hyper.lr, weight_decay: hyper.weight_decay },
-        ParamGroup { name: "no_decay".into(), params: vec![], lr: hyper.lr, weight_decay: 0.0 },
+        ParamGroup {
+            name: "mask".into(),
+            params: vec![],
+            lr: hyper.mask_lr,
+            weight_decay: hyper.mask_weight_decay,
+        },
+        ParamGroup {
+            name: "decay".into(),
+            params: vec![],
+            lr: hyper.lr,
+            weight_decay: hyper.weight_decay,
+        },
+        ParamGroup {
+            name: "no_decay".into(),
+            params: vec![],
+            lr: hyper.lr,
+            weight_decay: 0.0,
+        },
     ];
     let mut vars: Vec<_> = vars.into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -128,7 +143,10 @@ impl Schedule {
     pub fn factor(&self, step: usize) -> f64 {
         match *self {
             Schedule::Constant => 1.0,
-            Schedule::LinearWarmupDecay { warmup_steps, total_steps } => {
+            Schedule::LinearWarmupDecay {
+                warmup_steps,
+                total_steps,
+            } => {
                 if step < warmup_steps {
                     step as f64 / warmup_steps.max(1) as f64
                 } else {
@@ -146,7 +164,11 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     let mut sq = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = sq.sqrt();
@@ -184,8 +206,22 @@ impl AdamW {
     }
 
     /// AdamW with explicit β₁, β₂, ε.
-    pub fn with_betas(groups: Vec<ParamGroup>, schedule: Schedule, beta1: f64, beta2: f64, eps: f64) -> Self {
-        Self { groups, beta1, beta2, eps, schedule, step: 0, moments: HashMap::new() }
+    pub fn with_betas(
+        groups: Vec<ParamGroup>,
+        schedule: Schedule,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> Self {
+        Self {
+            groups,
+            beta1,
+            beta2,
+            eps,
+            schedule,
+            step: 0,
+            moments: HashMap::new(),
+        }
     }
 
     /// The groups.
@@ -200,13 +236,19 @@ impl AdamW {
 
     /// Every variable of every group.
     pub fn vars(&self) -> Vec<Var> {
-        self.groups.iter().flat_map(|g| g.params.iter().map(|(_, v)| v.clone())).collect()
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
+            .collect()
     }
 
     /// The learning rate each group uses on the next step.
     pub fn current_lrs(&self) -> Vec<(String, f64)> {
         let f = self.schedule.factor(self.step);
-        self.groups.iter().map(|g| (g.name.clone(), g.lr * f)).collect()
+        self.groups
+            .iter()
+            .map(|g| (g.name.clone(), g.lr * f))
+            .collect()
     }
 
     /// One update. Variables without a gradient are skipped (as in PyTorch).
@@ -217,7 +259,9 @@ impl AdamW {
         for g in &self.groups {
             let lr = g.lr * factor;
             for (name, var) in &g.params {
-                let Some(grad) = grads.get(var.as_tensor()) else { continue };
+                let Some(grad) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
                 let grad = grad.to_dtype(var.dtype())?;
                 let (m, v, t) = match self.moments.remove(name) {
                     Some(s) => s,
@@ -260,15 +304,27 @@ mod tests {
 
     #[test]
     fn schedule_boundaries() {
-        let s = Schedule::LinearWarmupDecay { warmup_steps: 10, total_steps: 110 };
+        let s = Schedule::LinearWarmupDecay {
+            warmup_steps: 10,
+            total_steps: 110,
+        };
         assert_eq!(s.factor(0), 0.0);
         assert_eq!(s.factor(5), 0.5);
         assert_eq!(s.factor(10), 1.0);
         assert_eq!(s.factor(60), 0.5);
         assert_eq!(s.factor(110), 0.0);
         assert_eq!(s.factor(500), 0.0);
-        assert_eq!(Schedule::warmup_ratio(0.1, 100), Schedule::LinearWarmupDecay { warmup_steps: 10, total_steps: 100 });
-        let none = Schedule::LinearWarmupDecay { warmup_steps: 0, total_steps: 4 };
+        assert_eq!(
+            Schedule::warmup_ratio(0.1, 100),
+            Schedule::LinearWarmupDecay {
+                warmup_steps: 10,
+                total_steps: 100
+            }
+        );
+        let none = Schedule::LinearWarmupDecay {
+            warmup_steps: 0,
+            total_steps: 4,
+        };
         assert_eq!(none.factor(0), 1.0);
         assert_eq!(none.factor(2), 0.5);
     }
@@ -282,13 +338,22 @@ mod tests {
             ("adapter.down.weight".to_string(), mk(1.0)),
             ("adapter.down.bias".to_string(), mk(1.0)),
         ];
-        let hyper = GroupHyper { lr: 0.1, mask_lr: 0.01, weight_decay: 0.5, mask_weight_decay: 0.2 };
+        let hyper = GroupHyper {
+            lr: 0.1,
+            mask_lr: 0.01,
+            weight_decay: 0.5,
+            mask_weight_decay: 0.2,
+        };
         let groups = reference_groups(vars.clone(), &hyper);
         assert_eq!(groups[0].params[0].0, "mask.0.down");
         assert_eq!(groups[1].params[0].0, "adapter.down.weight");
         assert_eq!(groups[2].params[0].0, "adapter.down.bias");
         let mut opt = AdamW::new(groups, Schedule::Constant);
-        let loss = vars.iter().map(|(_, v)| v.as_tensor().sum_all().unwrap()).reduce(|a, b| (a + b).unwrap()).unwrap();
+        let loss = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
         opt.step(&loss.backward()?)?;
         // first Adam step moves by lr (m/sqrt(v) = 1 for a constant gradient) after decay
         let get = |i: usize| vars[i].1.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
@@ -311,11 +376,17 @@ mod tests {
         let norm = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0)?;
         assert!((norm - 5.0).abs() < 1e-6);
         let g = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
-        assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5, "{g:?}");
+        assert!(
+            (g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5,
+            "{g:?}"
+        );
         // below the threshold: untouched
         let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &[a.clone()], 10.0)?;
-        assert_eq!(grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?, vec![3.0, 4.0]);
+        assert_eq!(
+            grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?,
+            vec![3.0, 4.0]
+        );
         Ok(())
     }
 }

@@ -61,14 +61,16 @@ impl PetlLayout {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.hidden == 0 || self.num_heads == 0 || self.hidden % self.num_heads != 0 {
+        if self.hidden == 0 || self.num_heads == 0 || !self.hidden.is_multiple_of(self.num_heads) {
             return Err(PetlError::config(format!(
                 "hidden {} must be a positive multiple of num_heads {}",
                 self.hidden, self.num_heads
             )));
         }
         if self.layers.is_empty() || self.tasks.is_empty() {
-            return Err(PetlError::config("a layout needs at least one layer and one task"));
+            return Err(PetlError::config(
+                "a layout needs at least one layer and one task",
+            ));
         }
         for names in [&self.layers, &self.tasks] {
             let mut s = names.clone();
@@ -77,8 +79,13 @@ impl PetlLayout {
             if s.len() != names.len() {
                 return Err(PetlError::config(format!("duplicate names in {names:?}")));
             }
-            if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains(char::is_whitespace)) {
-                return Err(PetlError::config(format!("invalid layer/task name {bad:?}")));
+            if let Some(bad) = names
+                .iter()
+                .find(|n| n.is_empty() || n.contains(char::is_whitespace))
+            {
+                return Err(PetlError::config(format!(
+                    "invalid layer/task name {bad:?}"
+                )));
             }
         }
         Ok(())
@@ -193,9 +200,21 @@ impl Plan {
                 vec![
                     ("wte".into(), vec![*length, h], Init::Normal(1.0)),
                     ("mlp0.weight".into(), vec![*hidden, h], Init::KaimingUniform),
-                    ("mlp0.bias".into(), vec![*hidden], Init::LinearBias { fan_in: h }),
-                    ("mlp2.weight".into(), vec![out, *hidden], Init::KaimingUniform),
-                    ("mlp2.bias".into(), vec![out], Init::LinearBias { fan_in: *hidden }),
+                    (
+                        "mlp0.bias".into(),
+                        vec![*hidden],
+                        Init::LinearBias { fan_in: h },
+                    ),
+                    (
+                        "mlp2.weight".into(),
+                        vec![out, *hidden],
+                        Init::KaimingUniform,
+                    ),
+                    (
+                        "mlp2.bias".into(),
+                        vec![out],
+                        Init::LinearBias { fan_in: *hidden },
+                    ),
                 ]
             }
         };
@@ -299,7 +318,10 @@ impl Plan {
 
     /// Number of prototype floats trained (weights and biases).
     pub fn training_floats(&self) -> usize {
-        self.prototype.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+        self.prototype
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 
     /// Number of prototype floats stored after training. For prefixes this is the
@@ -320,7 +342,10 @@ impl Plan {
 
     /// Total number of mask entries (1 bit each when stored).
     pub fn mask_entries(&self) -> usize {
-        self.scores.iter().map(|s| s.shape.iter().product::<usize>()).sum()
+        self.scores
+            .iter()
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum()
     }
 }
 

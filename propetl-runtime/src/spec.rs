@@ -235,10 +235,14 @@ impl PetlConfig {
         match &self.method {
             Method::Adapter { size, init_std, .. } => {
                 if matches!(size, AdapterSize::Reduction(0) | AdapterSize::Bottleneck(0)) {
-                    return Err(PetlError::config("adapter reduction/bottleneck must be > 0"));
+                    return Err(PetlError::config(
+                        "adapter reduction/bottleneck must be > 0",
+                    ));
                 }
                 if !(init_std.is_finite() && *init_std >= 0.0) {
-                    return Err(PetlError::config("adapter init_std must be finite and >= 0"));
+                    return Err(PetlError::config(
+                        "adapter init_std must be finite and >= 0",
+                    ));
                 }
             }
             Method::Lora { r, alpha, targets } => {
@@ -353,9 +357,18 @@ mod tests {
 
     #[test]
     fn validation_rejects_bad_values() {
-        assert!(PetlConfig::pro(Method::ADAPTER).with_keep(0.0).validate().is_err());
-        assert!(PetlConfig::pro(Method::ADAPTER).with_keep(1.5).validate().is_err());
-        assert!(PetlConfig::pro(Method::ADAPTER).with_keep(1.0).validate().is_ok());
+        assert!(PetlConfig::pro(Method::ADAPTER)
+            .with_keep(0.0)
+            .validate()
+            .is_err());
+        assert!(PetlConfig::pro(Method::ADAPTER)
+            .with_keep(1.5)
+            .validate()
+            .is_err());
+        assert!(PetlConfig::pro(Method::ADAPTER)
+            .with_keep(1.0)
+            .validate()
+            .is_ok());
         let bad = PetlConfig::pro(Method::Lora {
             r: 0,
             alpha: 1.0,

@@ -138,7 +138,10 @@ impl PetlState {
 
     /// Mask-score variables by name (empty once loaded from disk).
     pub fn score_vars(&self) -> Vec<(String, Var)> {
-        self.scores.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.scores
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Whether masks are fixed (after [`freeze`](Self::freeze) or loading).
@@ -209,7 +212,13 @@ impl PetlState {
         found.ok_or_else(|| PetlError::Unknown {
             kind: "prototype tensor",
             name: name.to_string(),
-            known: self.plan.prototype.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(", "),
+            known: self
+                .plan
+                .prototype
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
@@ -329,7 +338,12 @@ impl PetlState {
                         let b = self.value(&plan.instance_name(layer, &b_site))?;
                         let a = self.masked(a, &a_site, layer, task, &mut cache)?;
                         let b = self.masked(b, &b_site, layer, task, &mut cache)?;
-                        parts.push(LoraModule { target: *t, a, b, scale });
+                        parts.push(LoraModule {
+                            target: *t,
+                            a,
+                            b,
+                            scale,
+                        });
                     }
                     layers.push(LayerPetl::Lora(parts));
                 }
@@ -378,7 +392,9 @@ impl PetlState {
     }
 
     /// The tensors to store (prototype in stored form, hard masks): used by the saver.
-    pub(crate) fn stored_tensors(&self) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, Tensor>)> {
+    pub(crate) fn stored_tensors(
+        &self,
+    ) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, Tensor>)> {
         let mut proto = BTreeMap::new();
         if matches!(self.plan.config.method, Method::Prefix { .. }) {
             let p = match &self.values {
@@ -400,11 +416,18 @@ impl PetlState {
         for (name, t) in tensors {
             let var = match (&self.values, self.scores.get(name)) {
                 (_, Some(v)) => v,
-                (Values::Trainable(vals), None) => vals.get(name).ok_or_else(|| PetlError::Unknown {
-                    kind: "PETL tensor",
-                    name: name.clone(),
-                    known: vals.keys().chain(self.scores.keys()).cloned().collect::<Vec<_>>().join(", "),
-                })?,
+                (Values::Trainable(vals), None) => {
+                    vals.get(name).ok_or_else(|| PetlError::Unknown {
+                        kind: "PETL tensor",
+                        name: name.clone(),
+                        known: vals
+                            .keys()
+                            .chain(self.scores.keys())
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?
+                }
                 (Values::Fixed(_), None) => {
                     return Err(PetlError::config("cannot set values of a loaded state"))
                 }

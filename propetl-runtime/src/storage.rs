@@ -44,7 +44,10 @@ impl StorageReport {
             .map(|s| s.shape.iter().product::<usize>().div_ceil(8))
             .sum();
         let f32eq = prototype_floats as f64 + mask_entries as f64 / 32.0;
-        let baseline = Plan::new(&PetlConfig::unshared(plan.config.method.clone()), &plan.layout)?;
+        let baseline = Plan::new(
+            &PetlConfig::unshared(plan.config.method.clone()),
+            &plan.layout,
+        )?;
         let baseline_floats = baseline.stored_floats();
         Ok(Self {
             description: plan.config.describe(),
@@ -54,7 +57,11 @@ impl StorageReport {
             float32_equivalents: f32eq,
             payload_bytes: prototype_floats * 4 + mask_bytes,
             backbone_params,
-            percent_of_backbone: if backbone_params > 0 { 100.0 * f32eq / backbone_params as f64 } else { 0.0 },
+            percent_of_backbone: if backbone_params > 0 {
+                100.0 * f32eq / backbone_params as f64
+            } else {
+                0.0
+            },
             baseline_floats,
             ratio_to_baseline: f32eq / baseline_floats as f64,
             head_params,
@@ -112,7 +119,13 @@ mod tests {
         let base = report(PetlConfig::unshared(Method::ADAPTER));
         assert_eq!(base.float32_equivalents, 1_189_632.0);
         assert_eq!(format!("{:.3}", base.percent_of_backbone), "0.954");
-        assert_eq!(format!("{:.3}", report(PetlConfig::unshared(Method::LORA)).percent_of_backbone), "0.946");
+        assert_eq!(
+            format!(
+                "{:.3}",
+                report(PetlConfig::unshared(Method::LORA)).percent_of_backbone
+            ),
+            "0.946"
+        );
         assert!((a.ratio_to_baseline - 0.1143).abs() < 1e-3);
         assert_eq!(a.payload_bytes, 99_136 * 4 + 12 * 98_304 / 8);
     }
