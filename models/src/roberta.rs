@@ -575,7 +575,7 @@ impl RobertaLayer {
         let x1 = self.attn_norm.forward(&att.add(x)?)?;
         let inter = ops::activate(&self.intermediate.forward(&x1)?, self.act)?;
         let mut hid = self.output.forward(&inter)?;
-        if let Some(r) = rng.as_deref_mut() {
+        if let Some(r) = rng {
             hid = ops::dropout(&hid, self.dropout, r)?;
         }
         let res = hid.add(&x1)?;
@@ -647,7 +647,7 @@ impl ClassificationHead {
             x = ops::dropout(&x, self.dropout, r)?;
         }
         let mut x = ops::linear(&x, &self.dense_w, Some(&self.dense_b))?.tanh()?;
-        if let Some(r) = rng.as_deref_mut() {
+        if let Some(r) = rng {
             x = ops::dropout(&x, self.dropout, r)?;
         }
         ops::linear(&x, &self.out_w, Some(&self.out_b))
