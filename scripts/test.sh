@@ -8,3 +8,5 @@ if [ -x scripts/fetch-assets.sh ]; then
 fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# the examples check their own results (loss goes down, save/load round trip is exact)
+cargo run --example custom_transformer
