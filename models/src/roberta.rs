@@ -717,6 +717,34 @@ fn encode(
     Ok(x)
 }
 
+/// The frozen encoder without any PETL module: sentence embeddings, feature extraction, and
+/// the reference against which PETL variants are compared.
+#[derive(Debug, Clone)]
+pub struct FrozenEncoder {
+    backbone: Backbone,
+    layers: Vec<RobertaLayer>,
+}
+
+impl FrozenEncoder {
+    /// Load from a checkpoint.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let (backbone, layers) = load_layers(ckpt)?;
+        Ok(Self { backbone, layers })
+    }
+
+    /// Last hidden state `[B, S, H]` (eval mode).
+    pub fn hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        encode(
+            &self.backbone,
+            &self.layers,
+            &PetlContext::identity(self.layers.len()),
+            ids,
+            mask,
+            None,
+        )
+    }
+}
+
 /// The common interface of the six RoBERTa variants (object-safe, for run-time choice).
 pub trait RobertaPetl {
     /// The PETL configuration in use.

@@ -453,6 +453,13 @@ pub struct PetlContext {
 }
 
 impl PetlContext {
+    /// A context of `n` layers without any PETL module (the plain frozen backbone).
+    pub fn identity(n: usize) -> Self {
+        Self {
+            layers: vec![LayerPetl::Identity; n],
+        }
+    }
+
     /// The module of layer index `l`.
     pub fn layer(&self, l: usize) -> &LayerPetl {
         &self.layers[l]
@@ -498,6 +505,7 @@ impl PetlContext {
                         values: d(&p.values),
                         length: p.length,
                     }),
+                    LayerPetl::Identity => LayerPetl::Identity,
                 })
                 .collect(),
         })
@@ -552,6 +560,8 @@ pub enum LayerPetl {
     Lora(Vec<LoraModule>),
     /// A prefix.
     Prefix(PrefixModule),
+    /// No PETL module (a plain frozen layer).
+    Identity,
 }
 
 impl LayerPetl {
