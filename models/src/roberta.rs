@@ -374,7 +374,7 @@ impl Linear {
         })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::linear(x, &self.weight, Some(&self.bias))
+        ops::frozen_linear(x, &self.weight, Some(&self.bias))
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`ops`]: differentiable softmax / LayerNorm / losses (Candle 0.11's fused ones drop
 //!   gradients).
 
+pub mod alloc;
 pub mod error;
 pub mod io;
 pub mod mask;

@@ -64,6 +64,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    propetl_runtime::alloc::tune_for_training();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -1,0 +1,235 @@
+//! Benchmarks, printed as JSON lines (`cargo bench --bench training`; add `-- quick` for one
+//! repetition each):
+//! - `binarize`: top-k binarization of every roberta-base score shape;
+//! - `mask_overhead`: a roberta-base ProAdapter training step (batch 8 × 128) vs the same step
+//!   with the shared prototype unmasked (the `mask = "none"` ablation), and their ratio;
+//! - `train_step`: one training step (forward + backward + clip + AdamW) of each variant at
+//!   roberta-base and MiniLM shapes: seconds/step, tokens/s, peak memory.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use propetl::models::roberta::{Checkpoint, RobertaConfig, RobertaPetl, Variant};
+use propetl::runtime::{
+    clip_grad_norm, mask, reference_groups, AdamW, GroupHyper, MaskKind, NumericOverrides,
+    PetlConfig, PetlRng, PetlState, Schedule,
+};
+use serde_json::json;
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    f(); // warm-up
+    let start = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    start.elapsed().as_secs_f64() / reps as f64
+}
+
+struct Step {
+    model: Box<dyn RobertaPetl>,
+    opt: AdamW,
+    vars: Vec<candle_core::Var>,
+    ids: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+}
+
+impl Step {
+    fn new(
+        model: Box<dyn RobertaPetl>,
+        varmap: &VarMap,
+        batch: usize,
+        len: usize,
+        vocab: usize,
+    ) -> Self {
+        let groups = reference_groups(
+            varmap.data().lock().unwrap().clone(),
+            &GroupHyper::default(),
+        );
+        let opt = AdamW::new(groups, Schedule::Constant);
+        let vars = opt.vars();
+        let mut rng = PetlRng::seed(3);
+        let ids: Vec<u32> = (0..batch * len)
+            .map(|i| {
+                if i % len == 0 {
+                    0
+                } else {
+                    3 + rng.below(vocab - 3) as u32
+                }
+            })
+            .collect();
+        let dev = Device::Cpu;
+        Self {
+            model,
+            opt,
+            vars,
+            ids: Tensor::from_vec(ids, (batch, len), &dev).unwrap(),
+            mask: Tensor::ones((batch, len), DType::U32, &dev).unwrap(),
+            labels: Tensor::from_vec(
+                (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+                batch,
+                &dev,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn run(&mut self) {
+        let mut rng = PetlRng::seed(5);
+        let logits = self
+            .model
+            .logits(&self.ids, &self.mask, Some(&mut rng))
+            .unwrap();
+        let loss = self.model.loss(&logits, &self.labels).unwrap();
+        let mut grads = loss.backward().unwrap();
+        clip_grad_norm(&mut grads, &self.vars, 1.0).unwrap();
+        self.opt.step(&grads).unwrap();
+    }
+}
+
+fn minilm_config() -> RobertaConfig {
+    RobertaConfig {
+        model_type: "bert".into(),
+        vocab_size: 30522,
+        hidden_size: 384,
+        num_hidden_layers: 6,
+        num_attention_heads: 12,
+        intermediate_size: 1536,
+        max_position_embeddings: 512,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 0,
+        ..RobertaConfig::roberta_base()
+    }
+}
+
+fn main() {
+    propetl::runtime::alloc::tune_for_training();
+    let quick = std::env::args().any(|a| a == "quick");
+    let only: Option<String> = std::env::args()
+        .skip(1)
+        .find(|a| a != "quick" && a != "--bench");
+    let want = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let reps = if quick { 1 } else { 3 };
+    let dev = Device::Cpu;
+    println!(
+        "{}",
+        json!({"bench": "setup", "threads": candle_core::utils::get_num_threads(), "quick": quick})
+    );
+
+    if want("binarize") {
+        let mut rng = PetlRng::seed(1);
+        for (name, shape, keep) in [
+            ("adapter.down", (64usize, 768usize), 0.5),
+            ("adapter.up", (768, 64), 0.5),
+            ("lora.A", (32, 768), 0.1),
+            ("lora.B", (768, 32), 0.1),
+            ("prefix", (64, 1536), 0.1),
+        ] {
+            let scores = rng.kaiming_uniform(shape, &dev).unwrap();
+            let secs = time(if quick { 5 } else { 200 }, || {
+                mask::binarize(&scores, keep, name).unwrap();
+            });
+            println!(
+                "{}",
+                json!({"bench": "binarize", "tensor": name, "shape": [shape.0, shape.1], "keep": keep, "micros": secs * 1e6})
+            );
+        }
+    }
+
+    let base = Checkpoint::random(
+        RobertaConfig::roberta_base(),
+        0.02,
+        &mut PetlRng::seed(2),
+        &dev,
+    )
+    .unwrap();
+    if want("mask_overhead") {
+        // masked ProAdapter vs the same shared prototype without masks (identical compute otherwise)
+        let mut secs = Vec::new();
+        for masked in [false, true, false, true] {
+            let varmap = VarMap::new();
+            let mut model = Variant::ProAdapter
+                .build(
+                    &base,
+                    2,
+                    &NumericOverrides::default(),
+                    &varmap,
+                    &mut PetlRng::seed(4),
+                )
+                .unwrap();
+            if !masked {
+                // swap in an unmasked shared prototype: the `mask = "none"` ablation
+                let cfg = PetlConfig {
+                    mask: MaskKind::None,
+                    ..model.petl_config().clone()
+                };
+                let vm2 = VarMap::new();
+                *model.state_mut() = PetlState::new(
+                    &cfg,
+                    &base.config.layout(),
+                    &vm2,
+                    &mut PetlRng::seed(4),
+                    &dev,
+                )
+                .unwrap();
+                for (k, v) in varmap
+                    .data()
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("head."))
+                {
+                    vm2.data().lock().unwrap().insert(k.clone(), v.clone());
+                }
+                let mut step = Step::new(model, &vm2, 8, 128, 50265);
+                secs.push(time(reps, || step.run()));
+                continue;
+            }
+            let mut step = Step::new(model, &varmap, 8, 128, 50265);
+            secs.push(time(reps, || step.run()));
+        }
+        println!(
+            "{}",
+            json!({"bench": "mask_overhead", "shape": "roberta-base", "batch": 8, "len": 128, "masked_s": secs[3], "unmasked_s": secs[2], "ratio": secs[3] / secs[2], "first_pass": {"unmasked_s": secs[0], "masked_s": secs[1]}})
+        );
+    }
+
+    if want("train_step") {
+        let minilm =
+            Checkpoint::random(minilm_config(), 0.02, &mut PetlRng::seed(2), &dev).unwrap();
+        for (shape, ckpt) in [("roberta-base", &base), ("minilm", &minilm)] {
+            for v in Variant::ALL {
+                let varmap = VarMap::new();
+                let model = v
+                    .build(
+                        ckpt,
+                        2,
+                        &NumericOverrides::default(),
+                        &varmap,
+                        &mut PetlRng::seed(4),
+                    )
+                    .unwrap();
+                let mut step = Step::new(model, &varmap, 8, 128, ckpt.config.vocab_size);
+                let s = time(reps, || step.run());
+                println!(
+                    "{}",
+                    json!({"bench": "train_step", "shape": shape, "variant": v.name(), "batch": 8, "len": 128, "seconds_per_step": s, "tokens_per_s": 8.0 * 128.0 / s, "peak_rss_mb": peak_rss_mb()})
+                );
+            }
+        }
+    }
+}
