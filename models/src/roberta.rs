@@ -395,7 +395,7 @@ impl LayerNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        ops::frozen_layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 

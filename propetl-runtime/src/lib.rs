@@ -18,6 +18,7 @@
 
 pub mod alloc;
 pub mod error;
+mod fused;
 pub mod io;
 pub mod mask;
 pub mod model;

@@ -8,8 +8,17 @@ use candle_core::{DType, Result, Tensor, D};
 
 use crate::spec::Activation;
 
-/// Softmax over the last dimension (max-subtracted for stability).
+/// Softmax over the last dimension (max-subtracted for stability), with a backward pass.
+/// On the CPU in f32 this is one fused kernel; elsewhere the composed formulation.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(x) {
+        return x.contiguous()?.apply_op1(crate::fused::Softmax);
+    }
+    softmax_composed(x)
+}
+
+/// Softmax composed of primitive ops (reference formulation of [`softmax_last_dim`]).
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
@@ -31,6 +40,12 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// LayerNorm whose `weight` and `bias` are frozen: gradients flow to `x` only (the
+/// composed, differentiable [`layer_norm`] over detached parameters).
+pub fn frozen_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm(x, &weight.detach(), &bias.detach(), eps)
 }
 
 /// T5's RMS LayerNorm (no mean subtraction, no bias).
@@ -127,6 +142,9 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
         Activation::Relu => x.relu(),
         Activation::GeluNew => x.gelu(),
+        Activation::Gelu if crate::fused::applies(x) => {
+            x.contiguous()?.apply_op1(crate::fused::GeluErf)
+        }
         Activation::Gelu => x.gelu_erf(),
     }
 }
@@ -213,6 +231,67 @@ mod tests {
         assert!(gx1.sub(gx2)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         // no gradient is computed for the frozen weight and bias
         assert!(g1.get(&w).is_none() && g1.get(&b).is_none());
+        Ok(())
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_kernels_match_composed_values_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(9);
+        let x = Var::from_tensor(&rng.normal((3, 7, 40), 2.0, &dev)?)?;
+        let w = rng.normal(40, 1.0, &dev)?;
+        let b = rng.normal(40, 1.0, &dev)?;
+        let t = rng.normal((3, 7, 40), 1.0, &dev)?;
+        type F = fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+        let cases: Vec<(&str, F, F)> = vec![
+            (
+                "layer_norm",
+                |x, w, b| frozen_layer_norm(x, w, b, 1e-5),
+                |x, w, b| layer_norm(x, w, b, 1e-5),
+            ),
+            (
+                "softmax",
+                |x, _, _| softmax_last_dim(x),
+                |x, _, _| softmax_composed(x),
+            ),
+            (
+                "gelu",
+                |x, _, _| activate(x, Activation::Gelu),
+                |x, _, _| x.gelu_erf(),
+            ),
+        ];
+        for (name, fused, composed) in cases {
+            let yf = fused(x.as_tensor(), &w, &b)?;
+            let yc = composed(x.as_tensor(), &w, &b)?;
+            assert!(
+                max_diff(&yf, &yc) < 1e-5,
+                "{name} forward: {}",
+                max_diff(&yf, &yc)
+            );
+            let gf = yf.mul(&t)?.sum_all()?.backward()?;
+            let gc = yc.mul(&t)?.sum_all()?.backward()?;
+            let (gf, gc) = (
+                gf.get(x.as_tensor()).unwrap(),
+                gc.get(x.as_tensor()).unwrap(),
+            );
+            let scale = gc.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                max_diff(gf, gc) <= 1e-5 * scale.max(1.0),
+                "{name} backward: {}",
+                max_diff(gf, gc)
+            );
+        }
         Ok(())
     }
 
