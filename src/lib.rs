@@ -25,9 +25,11 @@
 //! Crates: [`runtime`] (masks, prototypes, optimizer, storage, save/load), the
 //! [`propetl`] attribute (from `propetl-macros`), and [`models`] (RoBERTa/BERT).
 
+pub mod data;
 pub mod demo;
 pub mod metrics;
 pub mod parity;
+pub mod run;
 pub mod train;
 
 pub use propetl_macros::propetl;

@@ -3,6 +3,8 @@
 //! an early stop with a clear error on a non-finite loss. Reproducible from a seed (init,
 //! dropout and shuffling all draw from [`PetlRng`]).
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -12,6 +14,8 @@ use propetl_runtime::{
     clip_grad_norm, reference_groups, AdamW, GroupHyper, PetlError, PetlRng, Schedule,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::data::GlueTask;
 
 /// One example: token ids (with special tokens) and a label (class index, or a score for
 /// regression).
@@ -70,16 +74,22 @@ impl Default for TrainConfig {
 }
 
 /// What happened in one epoch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochLog {
     /// 1-based epoch.
     pub epoch: usize,
     /// Mean training loss.
     pub train_loss: f64,
-    /// Evaluation metric (accuracy, or Pearson for regression).
+    /// Loss of each step of the epoch.
+    pub step_losses: Vec<f64>,
+    /// The selection metric on the eval split (×100).
     pub eval_metric: f64,
+    /// Every eval metric (×100).
+    pub eval: BTreeMap<String, f64>,
     /// Seconds spent in the epoch.
     pub seconds: f64,
+    /// Training tokens per second (padded).
+    pub tokens_per_s: f64,
 }
 
 /// Batch examples into `(ids, mask, labels)`: padded to the longest sequence (≤ `max_len`,
@@ -163,21 +173,20 @@ pub fn predict(
     Ok(out)
 }
 
-/// Accuracy (classification) or Pearson correlation (regression), in [0, 1] / [−1, 1].
-pub fn metric(
-    model: &dyn RobertaPetl,
-    data: &[Example],
-    batch_size: usize,
-    max_len: usize,
-    pad: u32,
-) -> Result<f64> {
+/// The task metrics (×100) of a model on `data`, including `selection` (see
+/// [`crate::metrics::task_metrics`]).
+pub fn evaluate(model: &dyn RobertaPetl, data: &[Example], task: Option<GlueTask>, batch_size: usize, max_len: usize, pad: u32) -> Result<BTreeMap<String, f64>> {
+    if data.is_empty() {
+        bail!("cannot evaluate on an empty split");
+    }
     let preds = predict(model, data, batch_size, max_len, pad)?;
     let gold: Vec<f32> = data.iter().map(|e| e.label).collect();
-    Ok(if model.head().num_labels == 1 {
-        crate::metrics::pearson(&preds, &gold)
-    } else {
-        crate::metrics::accuracy(&preds, &gold)
-    })
+    Ok(crate::metrics::task_metrics(task, model.head().num_labels == 1, &preds, &gold))
+}
+
+/// The selection metric (accuracy, MCC, combined score or correlation; ×100) on `data`.
+pub fn metric(model: &dyn RobertaPetl, data: &[Example], batch_size: usize, max_len: usize, pad: u32) -> Result<f64> {
+    Ok(evaluate(model, data, None, batch_size, max_len, pad)?["selection"])
 }
 
 /// Train `model` (whose trainable variables are all in `varmap`) on `train`, evaluating on
@@ -190,6 +199,7 @@ pub fn train(
     eval: &[Example],
     cfg: &TrainConfig,
     pad: u32,
+    task: Option<GlueTask>,
     mut on_epoch: impl FnMut(&dyn RobertaPetl, &EpochLog) -> Result<()>,
 ) -> Result<Vec<EpochLog>> {
     if train.is_empty() {
@@ -226,7 +236,7 @@ pub fn train(
         bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
         let start = std::time::Instant::now();
         rng.shuffle(&mut order);
-        let mut loss_sum = 0.0;
+        let mut step_losses = Vec::with_capacity(steps_per_epoch);
         let mut tokens = 0usize;
         for chunk in order.chunks(cfg.batch_size.max(1)) {
             let batch: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
@@ -242,22 +252,23 @@ pub fn train(
             let mut grads = loss.backward()?;
             clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
             opt.step(&grads)?;
-            loss_sum += l as f64;
+            step_losses.push(l as f64);
             bar.inc(1);
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {l:.4}  {:.0} tok/s", tokens as f64 / secs));
         }
-        let train_loss = loss_sum / steps_per_epoch as f64;
-        let eval_metric = if eval.is_empty() {
-            f64::NAN
-        } else {
-            metric(&*model, eval, cfg.batch_size, cfg.max_len, pad)?
-        };
+        let train_secs = start.elapsed().as_secs_f64();
+        let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
+        let eval_scores = if eval.is_empty() { BTreeMap::new() } else { evaluate(&*model, eval, task, cfg.batch_size, cfg.max_len, pad)? };
+        let eval_metric = eval_scores.get("selection").copied().unwrap_or(f64::NAN);
         let log = EpochLog {
             epoch,
             train_loss,
+            step_losses,
             eval_metric,
+            eval: eval_scores,
             seconds: start.elapsed().as_secs_f64(),
+            tokens_per_s: tokens as f64 / train_secs.max(1e-9),
         };
         tracing::info!(epoch, train_loss, eval_metric, "epoch done");
         on_epoch(&*model, &log)?;

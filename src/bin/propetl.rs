@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use propetl::demo;
+use propetl::run::{self, RunConfig, RunReport};
 use propetl_models::roberta::{RobertaConfig, Variant};
 use propetl_runtime::{NumericOverrides, Plan, StorageReport};
 
@@ -37,6 +38,38 @@ enum Command {
         #[arg(long, default_value_t = 3e-3)]
         mask_lr: f64,
     },
+    /// Train a variant on a task (GLUE, sentiment or custom data) and write a run directory.
+    Train(TrainArgs),
+    /// Evaluate the best state of a run directory.
+    Eval {
+        /// The run directory (written by `train`).
+        run: PathBuf,
+        /// `test` or `eval`.
+        #[arg(long, default_value = "test")]
+        split: String,
+    },
+    /// The main job: fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes sentiment with ProAdapter
+    /// and with the unshared adapter baseline; print test accuracy and storage of both.
+    Quickstart {
+        /// Folder with config.json, model.safetensors, tokenizer.json.
+        #[arg(long, default_value = "assets/all-MiniLM-L6-v2")]
+        model_dir: PathBuf,
+        /// Folder with rotten_tomatoes_corpus_full.csv.
+        #[arg(long, default_value = "assets/sentiment")]
+        data_dir: PathBuf,
+        /// Where the run directories go.
+        #[arg(long, default_value = "runs/quickstart")]
+        out: PathBuf,
+        /// Variants to train, comma-separated.
+        #[arg(long, default_value = "pro_adapter,adapter")]
+        variants: String,
+        /// Training examples used (of ~10k).
+        #[arg(long, default_value_t = 4000)]
+        max_train_examples: usize,
+        /// Epochs.
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+    },
     /// Check parity with fixture folders from the PyTorch reference (exit 1 on a mismatch).
     Parity {
         /// Fixture folders (each with settings.json, ckpt/, *.safetensors).
@@ -61,6 +94,107 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// A TOML run configuration (see configs/); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run directory to write.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Task: cola … rte, rotten-tomatoes, vader-movies, custom.
+    #[arg(long)]
+    task: Option<String>,
+    /// Variant: pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Hugging Face model folder (default: built-in tiny RoBERTa).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Data folder (GLUE layout or the sentiment files).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Maximum sequence length.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Mask-score learning rate.
+    #[arg(long)]
+    mask_lr: Option<f64>,
+    /// Keep ratio of the masks.
+    #[arg(long)]
+    keep: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Use at most this many training examples.
+    #[arg(long)]
+    max_train_examples: Option<usize>,
+    /// Skip (and count) malformed data rows.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Hide progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn resolve(&self) -> Result<RunConfig> {
+        let mut c = match &self.config {
+            Some(p) => RunConfig::from_toml_file(p)?,
+            None => RunConfig {
+                task: self.task.clone().context("give --config or --task")?,
+                variant: "pro_adapter".into(),
+                model_dir: None,
+                data_dir: None,
+                split: "reference".into(),
+                skip_bad_rows: false,
+                max_train_examples: None,
+                max_eval_examples: None,
+                train: Default::default(),
+                petl: Default::default(),
+                custom: None,
+            },
+        };
+        macro_rules! set {
+            ($($src:ident => $($dst:ident).+),* $(,)?) => { $(if let Some(v) = &self.$src { c.$($dst).+ = v.clone().into(); })* };
+        }
+        set!(task => task, variant => variant, epochs => train.epochs, batch_size => train.batch_size, max_len => train.max_len, lr => train.lr, mask_lr => train.mask_lr, seed => train.seed);
+        if let Some(d) = &self.model_dir {
+            c.model_dir = Some(d.clone());
+        }
+        if let Some(d) = &self.data_dir {
+            c.data_dir = Some(d.clone());
+        }
+        if let Some(k) = self.keep {
+            c.petl.keep = Some(k);
+        }
+        if let Some(n) = self.max_train_examples {
+            c.max_train_examples = Some(n);
+        }
+        c.skip_bad_rows |= self.skip_bad_rows;
+        if self.quiet {
+            c.train.progress = false;
+        }
+        Ok(c)
+    }
+}
+
+fn print_report(r: &RunReport) {
+    let fmt = |m: &std::collections::BTreeMap<String, f64>| m.iter().filter(|(k, _)| *k != "selection").map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ");
+    println!("{} / {}: best epoch {} — eval {} — test {}", r.task, r.variant, r.best_epoch, fmt(&r.eval), fmt(&r.test));
+    println!("{}", r.storage.to_table());
+    println!("sizes {:?}, skipped rows {}, wall time {:.1}s", r.sizes, r.skipped_rows, r.wall_seconds);
 }
 
 fn main() -> ExitCode {
@@ -95,7 +229,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let first = run.epochs.first().map(|e| e.train_loss).unwrap_or(f64::NAN);
                 let last = run.epochs.last().map(|e| e.train_loss).unwrap_or(f64::NAN);
                 println!(
-                    "\n{}: train loss {first:.4} -> {last:.4}, test accuracy {:.3}",
+                    "\n{}: train loss {first:.4} -> {last:.4}, test accuracy {:.1}",
                     run.variant, run.test_accuracy
                 );
                 println!("{}", run.storage.to_table());
@@ -106,6 +240,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 base.storage.float32_equivalents,
                 100.0 * pro.storage.float32_equivalents / base.storage.float32_equivalents
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            let cfg = args.resolve()?;
+            let report = run::run(&cfg, &args.out)?;
+            print_report(&report);
+            println!("run directory: {}", args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { run: dir, split } => {
+            let cfg = RunConfig::from_toml_file(&dir.join("config.toml"))?;
+            let mut p = run::prepare(&cfg)?;
+            run::restore(p.model.as_mut(), &p.varmap, &dir.join("best.safetensors"))?;
+            let data = match split.as_str() {
+                "test" => &p.test,
+                "eval" => &p.eval,
+                other => anyhow::bail!("unknown split `{other}` (test or eval)"),
+            };
+            let m = propetl::train::evaluate(p.model.as_ref(), data, p.glue, cfg.train.batch_size, cfg.train.max_len, p.pad)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quickstart { model_dir, data_dir, out, variants, max_train_examples, epochs } => {
+            for needed in [model_dir.join("model.safetensors"), data_dir.join("rotten_tomatoes_corpus_full.csv")] {
+                anyhow::ensure!(needed.exists(), "{} is missing: run scripts/fetch-assets.sh", needed.display());
+            }
+            println!("Fine-tuning all-MiniLM-L6-v2 on Rotten Tomatoes sentiment (seeded 80/10/10 hash split; {max_train_examples} training sentences, {epochs} epochs)\n");
+            let mut reports = Vec::new();
+            for v in variants.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                let cfg = RunConfig {
+                    task: "rotten-tomatoes".into(),
+                    variant: v.into(),
+                    model_dir: Some(model_dir.clone()),
+                    data_dir: Some(data_dir.clone()),
+                    split: "reference".into(),
+                    skip_bad_rows: false,
+                    max_train_examples: Some(max_train_examples),
+                    max_eval_examples: None,
+                    train: propetl::train::TrainConfig { epochs, batch_size: 32, max_len: 64, lr: 1e-3, mask_lr: 3e-3, warmup_ratio: 0.1, seed: 42, ..Default::default() },
+                    petl: Default::default(),
+                    custom: None,
+                };
+                let report = run::run(&cfg, &out.join(v))?;
+                print_report(&report);
+                println!();
+                reports.push(report);
+            }
+            println!("{:<12} {:>14} {:>16} {:>14}", "variant", "test accuracy", "float32-equiv.", "% of backbone");
+            for r in &reports {
+                println!("{:<12} {:>14.2} {:>16.0} {:>13.3}%", r.variant, r.test["accuracy"], r.storage.float32_equivalents, r.storage.percent_of_backbone);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Parity { dirs, json } => {
