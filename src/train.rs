@@ -153,21 +153,21 @@ pub fn predict(
 ) -> Result<Vec<f32>> {
     let dev = model.state().device().clone();
     let regression = model.head().num_labels == 1;
-    let mut out = Vec::with_capacity(data.len());
-    for chunk in data.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
+    // batch by length (less padding), then put predictions back in input order
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.sort_by_key(|&i| data[i].ids.len());
+    let mut out = vec![0f32; data.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().map(|&i| &data[i]).collect();
         let (ids, mask, _) = collate(&refs, max_len, pad, regression, &dev)?;
         let logits = model.logits(&ids, &mask, None)?;
-        if regression {
-            out.extend(logits.squeeze(1)?.to_vec1::<f32>()?);
+        let preds: Vec<f32> = if regression {
+            logits.squeeze(1)?.to_vec1::<f32>()?
         } else {
-            out.extend(
-                logits
-                    .argmax(1)?
-                    .to_vec1::<u32>()?
-                    .into_iter()
-                    .map(|x| x as f32),
-            );
+            logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|x| x as f32).collect()
+        };
+        for (&i, p) in chunk.iter().zip(preds) {
+            out[i] = p;
         }
     }
     Ok(out)
@@ -187,6 +187,20 @@ pub fn evaluate(model: &dyn RobertaPetl, data: &[Example], task: Option<GlueTask
 /// The selection metric (accuracy, MCC, combined score or correlation; ×100) on `data`.
 pub fn metric(model: &dyn RobertaPetl, data: &[Example], batch_size: usize, max_len: usize, pad: u32) -> Result<f64> {
     Ok(evaluate(model, data, None, batch_size, max_len, pad)?["selection"])
+}
+
+/// Shuffled batches of similar lengths: shuffle, sort windows of 50 batches by length, cut
+/// into batches, shuffle the batches. Less padding, same randomness in expectation.
+pub fn length_bucketed_batches(data: &[Example], batch_size: usize, rng: &mut PetlRng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    rng.shuffle(&mut order);
+    let mut batches = Vec::with_capacity(data.len().div_ceil(batch_size));
+    for window in order.chunks_mut(batch_size * 50) {
+        window.sort_by_key(|&i| data[i].ids.len());
+        batches.extend(window.chunks(batch_size).map(|c| c.to_vec()));
+    }
+    rng.shuffle(&mut batches);
+    batches
 }
 
 /// Train `model` (whose trainable variables are all in `varmap`) on `train`, evaluating on
@@ -220,7 +234,6 @@ pub fn train(
     let mut opt = AdamW::new(groups, Schedule::warmup_ratio(cfg.warmup_ratio, total));
     let all_vars = opt.vars();
     let mut rng = PetlRng::seed(cfg.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
     let mut logs = Vec::new();
     let bar = if cfg.progress {
         ProgressBar::new(total as u64)
@@ -235,10 +248,10 @@ pub fn train(
     for epoch in 1..=cfg.epochs {
         bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
         let start = std::time::Instant::now();
-        rng.shuffle(&mut order);
+        let batches = length_bucketed_batches(train, cfg.batch_size.max(1), &mut rng);
         let mut step_losses = Vec::with_capacity(steps_per_epoch);
         let mut tokens = 0usize;
-        for chunk in order.chunks(cfg.batch_size.max(1)) {
+        for chunk in &batches {
             let batch: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
             let (ids, mask, labels) = collate(&batch, cfg.max_len, pad, regression, &dev)?;
             tokens += ids.elem_count();

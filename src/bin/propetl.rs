@@ -152,19 +152,7 @@ impl TrainArgs {
     fn resolve(&self) -> Result<RunConfig> {
         let mut c = match &self.config {
             Some(p) => RunConfig::from_toml_file(p)?,
-            None => RunConfig {
-                task: self.task.clone().context("give --config or --task")?,
-                variant: "pro_adapter".into(),
-                model_dir: None,
-                data_dir: None,
-                split: "reference".into(),
-                skip_bad_rows: false,
-                max_train_examples: None,
-                max_eval_examples: None,
-                train: Default::default(),
-                petl: Default::default(),
-                custom: None,
-            },
+            None => RunConfig::new(&self.task.clone().context("give --config or --task")?, "pro_adapter"),
         };
         macro_rules! set {
             ($($src:ident => $($dst:ident).+),* $(,)?) => { $(if let Some(v) = &self.$src { c.$($dst).+ = v.clone().into(); })* };
@@ -270,17 +258,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut reports = Vec::new();
             for v in variants.split(',').map(str::trim).filter(|v| !v.is_empty()) {
                 let cfg = RunConfig {
-                    task: "rotten-tomatoes".into(),
-                    variant: v.into(),
                     model_dir: Some(model_dir.clone()),
                     data_dir: Some(data_dir.clone()),
-                    split: "reference".into(),
-                    skip_bad_rows: false,
                     max_train_examples: Some(max_train_examples),
-                    max_eval_examples: None,
                     train: propetl::train::TrainConfig { epochs, batch_size: 32, max_len: 64, lr: 1e-3, mask_lr: 3e-3, warmup_ratio: 0.1, seed: 42, ..Default::default() },
-                    petl: Default::default(),
-                    custom: None,
+                    ..RunConfig::new("rotten-tomatoes", v)
                 };
                 let report = run::run(&cfg, &out.join(v))?;
                 print_report(&report);

@@ -1,0 +1,7 @@
+//! The paper's pro_lora variant on RoBERTa (method page §3–§4):
+//! `cargo run --release --example pro_lora_roberta -- [MODEL_DIR GLUE_DIR [TASK]]`.
+//! Without arguments: the built-in tiny RoBERTa on small synthetic GLUE data.
+
+fn main() -> anyhow::Result<()> {
+    propetl::run::example_main("pro_lora")
+}
