@@ -29,6 +29,7 @@ pub mod data;
 pub mod demo;
 pub mod metrics;
 pub mod parity;
+pub mod report;
 pub mod run;
 pub mod train;
 

@@ -169,6 +169,11 @@ fn the_cli_trains_from_a_config_file_and_evaluates_the_run() {
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     let m: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(m["f1"], report["test"]["f1"]);
+    // the report PNG of the run
+    let png = dir.path().join("report.png");
+    let rep = std::process::Command::new(bin).arg("report").arg(&out).arg("--out").arg(&png).output().unwrap();
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     // a bad config is refused with the file named
     std::fs::write(&cfg_path, "task = \"mrpc\"\nvariant = \"pro_lora\"\nbogus = 1\n").unwrap();
     let bad = std::process::Command::new(bin).args(["train", "--config"]).arg(&cfg_path).output().unwrap();

@@ -273,16 +273,11 @@ impl PetlConfig {
 
     /// A one-line human description, e.g. `adapter share=layers mask=binary keep=0.5`.
     pub fn describe(&self) -> String {
-        format!(
-            "{} share={} mask={} keep={}",
-            self.method.name(),
-            self.share,
-            match self.mask {
-                MaskKind::Binary => "binary",
-                MaskKind::None => "none",
-            },
-            self.keep
-        )
+        if self.is_masked() {
+            format!("{} share={} mask=binary keep={}", self.method.name(), self.share, self.keep)
+        } else {
+            format!("{} share={} mask=none", self.method.name(), self.share)
+        }
     }
 }
 

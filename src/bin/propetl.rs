@@ -70,6 +70,15 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         epochs: usize,
     },
+    /// Draw a PNG of loss/metric curves and of score vs storage across run directories.
+    Report {
+        /// Run directories (written by `train`).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The PNG to write.
+        #[arg(long, default_value = "report.png")]
+        out: PathBuf,
+    },
     /// Check parity with fixture folders from the PyTorch reference (exit 1 on a mismatch).
     Parity {
         /// Fixture folders (each with settings.json, ckpt/, *.safetensors).
@@ -273,6 +282,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for r in &reports {
                 println!("{:<12} {:>14.2} {:>16.0} {:>13.3}%", r.variant, r.test["accuracy"], r.storage.float32_equivalents, r.storage.percent_of_backbone);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { runs, out } => {
+            let loaded = propetl::report::load_runs(&runs)?;
+            propetl::report::draw(&loaded, &out)?;
+            println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Parity { dirs, json } => {
