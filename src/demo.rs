@@ -7,7 +7,7 @@ use candle_nn::VarMap;
 use propetl_models::roberta::{Checkpoint, RobertaConfig, Variant};
 use propetl_runtime::{NumericOverrides, PetlRng, StorageReport};
 
-use crate::train::{metric, train, EpochLog, Example, TrainConfig};
+use crate::train::{metric, train, EpochLog, Example, TrainConfig, TrainData};
 
 /// A tiny RoBERTa shape: 2 layers, hidden 64, 4 heads, FFN 128, vocabulary 100.
 pub fn tiny_config() -> RobertaConfig {
@@ -94,25 +94,22 @@ pub fn run_variant(
         progress,
         ..Default::default()
     };
-    let epochs = train(
-        model.as_mut(),
-        &varmap,
-        train_set,
-        eval_set,
-        &cfg,
-        1,
-        None,
-        |_, log| {
-            println!(
-                "  [{}] epoch {:>2}  train loss {:.4}  eval accuracy {:.1}",
-                variant.name(),
-                log.epoch,
-                log.train_loss,
-                log.eval_metric
-            );
-            Ok(())
-        },
-    )?;
+    let data = TrainData {
+        train: train_set,
+        eval: eval_set,
+        pad: 1,
+        task: None,
+    };
+    let epochs = train(model.as_mut(), &varmap, &data, &cfg, |_, log| {
+        println!(
+            "  [{}] epoch {:>2}  train loss {:.4}  eval accuracy {:.1}",
+            variant.name(),
+            log.epoch,
+            log.train_loss,
+            log.eval_metric
+        );
+        Ok(())
+    })?;
     model.state_mut().merge()?;
     let test_accuracy = metric(model.as_ref(), test_set, 64, 64, 1)?;
     Ok(DemoRun {

@@ -98,7 +98,12 @@ pub fn spearman(x: &[f32], y: &[f32]) -> f64 {
 /// The metrics of a task on predictions (class indices, or scores for STS-B), ×100, plus
 /// `selection`: the number model selection maximizes (the task metric, or the mean of the two
 /// for MRPC, QQP and STS-B: the "combined score").
-pub fn task_metrics(task: Option<GlueTask>, regression: bool, pred: &[f32], gold: &[f32]) -> BTreeMap<String, f64> {
+pub fn task_metrics(
+    task: Option<GlueTask>,
+    regression: bool,
+    pred: &[f32],
+    gold: &[f32],
+) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     let pct = |v: f64| 100.0 * v;
     match task {
@@ -164,12 +169,21 @@ mod tests {
         // ties averaged: ranks of (1, 2, 2, 3) = (1, 2.5, 2.5, 4)
         assert_eq!(ranks(&[1.0, 2.0, 2.0, 3.0]), vec![1.0, 2.5, 2.5, 4.0]);
         // rho for x=(1,2,3,4,5), y=(5,6,7,8,7): d = ranks differ → hand value 0.8207826816681233
-        assert!((spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]) - 0.8207826816681233).abs() < 1e-12);
+        assert!(
+            (spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]) - 0.8207826816681233)
+                .abs()
+                < 1e-12
+        );
     }
 
     #[test]
     fn task_scores_and_glue_average() {
-        let m = task_metrics(Some(GlueTask::Mrpc), false, &[1.0, 0.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 0.0]);
+        let m = task_metrics(
+            Some(GlueTask::Mrpc),
+            false,
+            &[1.0, 0.0, 1.0, 1.0],
+            &[1.0, 1.0, 1.0, 0.0],
+        );
         assert!((m["accuracy"] - 50.0).abs() < 1e-9 && (m["f1"] - 200.0 / 3.0).abs() < 1e-9);
         assert!((m["selection"] - (50.0 + 200.0 / 3.0) / 2.0).abs() < 1e-9);
         let mut all = BTreeMap::new();

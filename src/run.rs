@@ -21,7 +21,7 @@ use propetl_runtime::{io::atomic_write, NumericOverrides, PetlRng, PetlState, St
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, CustomData, GlueTask, Splits, TextExample};
-use crate::train::{evaluate, train, EpochLog, Example, TrainConfig};
+use crate::train::{evaluate, train, EpochLog, Example, TrainConfig, TrainData};
 
 /// What to train on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,8 +89,10 @@ impl RunConfig {
 
     /// Parse a TOML file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: invalid run configuration", path.display()))
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{}: invalid run configuration", path.display()))
     }
 }
 
@@ -125,7 +127,12 @@ pub fn builtin_tiny(device: &Device) -> Result<Checkpoint> {
     const CONFIG: &str = include_str!("../tests/fixtures/tiny-roberta/config.json");
     const WEIGHTS: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/model.safetensors");
     const TOKENIZER: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/tokenizer.json");
-    Ok(Checkpoint::from_bytes(CONFIG, WEIGHTS.to_vec(), Some(TOKENIZER.to_vec()), device)?)
+    Ok(Checkpoint::from_bytes(
+        CONFIG,
+        WEIGHTS.to_vec(),
+        Some(TOKENIZER.to_vec()),
+        device,
+    )?)
 }
 
 struct TaskData {
@@ -136,7 +143,11 @@ struct TaskData {
 }
 
 fn load_task(cfg: &RunConfig) -> Result<TaskData> {
-    let data_dir = || cfg.data_dir.clone().with_context(|| format!("task `{}` needs --data-dir", cfg.task));
+    let data_dir = || {
+        cfg.data_dir
+            .clone()
+            .with_context(|| format!("task `{}` needs --data-dir", cfg.task))
+    };
     let plain = match cfg.split.as_str() {
         "reference" => false,
         "plain" => true,
@@ -145,43 +156,82 @@ fn load_task(cfg: &RunConfig) -> Result<TaskData> {
     let seed = cfg.train.seed;
     Ok(match cfg.task.as_str() {
         "rotten-tomatoes" => {
-            let all = data::load_rotten_tomatoes(&data_dir()?.join("rotten_tomatoes_corpus_full.csv"))?;
-            TaskData { splits: data::hash_split(all, 42), glue: None, num_labels: 2, skipped: 0 }
+            let all =
+                data::load_rotten_tomatoes(&data_dir()?.join("rotten_tomatoes_corpus_full.csv"))?;
+            TaskData {
+                splits: data::hash_split(all, 42),
+                glue: None,
+                num_labels: 2,
+                skipped: 0,
+            }
         }
         "vader-movies" => {
-            let all = data::load_vader_movies(&data_dir()?.join("movieReviewSnippets_GroundTruth.txt"))?;
-            TaskData { splits: data::hash_split(all, 42), glue: None, num_labels: 1, skipped: 0 }
+            let all =
+                data::load_vader_movies(&data_dir()?.join("movieReviewSnippets_GroundTruth.txt"))?;
+            TaskData {
+                splits: data::hash_split(all, 42),
+                glue: None,
+                num_labels: 1,
+                skipped: 0,
+            }
         }
         "custom" => {
-            let c = cfg.custom.as_ref().context("task = \"custom\" needs a [custom] section")?;
+            let c = cfg
+                .custom
+                .as_ref()
+                .context("task = \"custom\" needs a [custom] section")?;
             let splits = c.splits(seed, cfg.skip_bad_rows)?;
             let num_labels = c.num_labels(&splits.train);
-            TaskData { splits, glue: None, num_labels, skipped: 0 }
+            TaskData {
+                splits,
+                glue: None,
+                num_labels,
+                skipped: 0,
+            }
         }
         name => {
             let t = GlueTask::parse(name)?;
             let dir = data_dir()?;
             let splits = t.splits(&dir, 42, plain, cfg.skip_bad_rows)?;
-            let skipped = if cfg.skip_bad_rows { t.load(&dir, "train.tsv", true)?.skipped } else { 0 };
-            TaskData { splits, glue: Some(t), num_labels: t.num_labels(), skipped }
+            let skipped = if cfg.skip_bad_rows {
+                t.load(&dir, "train.tsv", true)?.skipped
+            } else {
+                0
+            };
+            TaskData {
+                splits,
+                glue: Some(t),
+                num_labels: t.num_labels(),
+                skipped,
+            }
         }
     })
 }
 
-fn tokenize(tok: &propetl_models::tokenizer::EncoderTokenizer, xs: &[TextExample]) -> Result<Vec<Example>> {
+fn tokenize(
+    tok: &propetl_models::tokenizer::EncoderTokenizer,
+    xs: &[TextExample],
+) -> Result<Vec<Example>> {
     xs.iter()
         .map(|e| {
             let ids = match &e.text_b {
                 Some(b) => tok.encode_pair(&e.text_a, b)?,
                 None => tok.encode(&e.text_a)?,
             };
-            Ok(Example { ids, label: e.label })
+            Ok(Example {
+                ids,
+                label: e.label,
+            })
         })
         .collect()
 }
 
 fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     writeln!(f, "{}", serde_json::to_string(value)?)?;
     f.sync_data()?;
     Ok(())
@@ -193,7 +243,12 @@ pub fn restore(model: &mut dyn RobertaPetl, varmap: &VarMap, path: &Path) -> Res
     let loaded = PetlState::load(path, s.config(), s.layout(), s.device())?;
     let vars = varmap.data().lock().expect("varmap").clone();
     for (name, t) in &loaded.extra {
-        let var = vars.get(name).with_context(|| format!("{}: head tensor `{name}` is not part of this model", path.display()))?;
+        let var = vars.get(name).with_context(|| {
+            format!(
+                "{}: head tensor `{name}` is not part of this model",
+                path.display()
+            )
+        })?;
         if var.dims() != t.dims() {
             bail!("{}: head tensor `{name}` has shape {:?}, the model expects {:?} (another number of labels?)", path.display(), t.dims(), var.dims());
         }
@@ -249,7 +304,13 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         data.splits.test.truncate(n);
     }
     let varmap = VarMap::new();
-    let model = variant.build(&ckpt, data.num_labels, &cfg.petl, &varmap, &mut PetlRng::seed(cfg.train.seed))?;
+    let model = variant.build(
+        &ckpt,
+        data.num_labels,
+        &cfg.petl,
+        &varmap,
+        &mut PetlRng::seed(cfg.train.seed),
+    )?;
     Ok(Prepared {
         model,
         varmap,
@@ -266,30 +327,63 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 pub fn run(cfg: &RunConfig, out: &Path) -> Result<RunReport> {
     let start = std::time::Instant::now();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    atomic_write(&out.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
+    atomic_write(
+        &out.join("config.toml"),
+        toml::to_string_pretty(cfg)?.as_bytes(),
+    )?;
     let metrics_path = out.join("metrics.jsonl");
     let _ = std::fs::remove_file(&metrics_path);
-    let Prepared { mut model, varmap, train: tr, eval, test, glue, pad, skipped } = prepare(cfg)?;
+    let Prepared {
+        mut model,
+        varmap,
+        train: tr,
+        eval,
+        test,
+        glue,
+        pad,
+        skipped,
+    } = prepare(cfg)?;
     let mut train_cfg = cfg.train.clone();
     if let (true, Some(t)) = (cfg.epochs_from_task, glue) {
         train_cfg.epochs = t.paper_epochs();
     }
-    tracing::info!(train = tr.len(), eval = eval.len(), test = test.len(), "data ready");
+    tracing::info!(
+        train = tr.len(),
+        eval = eval.len(),
+        test = test.len(),
+        "data ready"
+    );
     let best_path = out.join("best.safetensors");
     let backbone = model.config().backbone_params();
     let mut best: Option<(usize, f64, BTreeMap<String, f64>)> = None;
-    let epochs = train(model.as_mut(), &varmap, &tr, &eval, &train_cfg, pad, glue, |m, log| {
+    let data = TrainData {
+        train: &tr,
+        eval: &eval,
+        pad,
+        task: glue,
+    };
+    let epochs = train(model.as_mut(), &varmap, &data, &train_cfg, |m, log| {
         append_jsonl(&metrics_path, log)?;
-        let better = best.as_ref().is_none_or(|(_, b, _)| log.eval_metric > *b || b.is_nan());
+        let better = best
+            .as_ref()
+            .is_none_or(|(_, b, _)| log.eval_metric > *b || b.is_nan());
         if better {
-            m.state().save(&best_path, &head_tensors(&varmap), backbone)?;
+            m.state()
+                .save(&best_path, &head_tensors(&varmap), backbone)?;
             best = Some((log.epoch, log.eval_metric, log.eval.clone()));
         }
         Ok(())
     })?;
     let (best_epoch, _, best_eval) = best.context("no epoch was run")?;
     restore(model.as_mut(), &varmap, &best_path)?;
-    let test_scores = evaluate(model.as_ref(), &test, glue, cfg.train.batch_size, cfg.train.max_len, pad)?;
+    let test_scores = evaluate(
+        model.as_ref(),
+        &test,
+        glue,
+        cfg.train.batch_size,
+        cfg.train.max_len,
+        pad,
+    )?;
     let report = RunReport {
         task: cfg.task.clone(),
         variant: cfg.variant.clone(),
@@ -297,12 +391,20 @@ pub fn run(cfg: &RunConfig, out: &Path) -> Result<RunReport> {
         eval: best_eval,
         test: test_scores,
         storage: model.storage()?,
-        sizes: [("train".to_string(), tr.len()), ("eval".to_string(), eval.len()), ("test".to_string(), test.len())].into(),
+        sizes: [
+            ("train".to_string(), tr.len()),
+            ("eval".to_string(), eval.len()),
+            ("test".to_string(), test.len()),
+        ]
+        .into(),
         skipped_rows: skipped,
         wall_seconds: start.elapsed().as_secs_f64(),
         epochs,
     };
-    atomic_write(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    atomic_write(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     Ok(report)
 }
 
@@ -313,7 +415,8 @@ pub fn run(cfg: &RunConfig, out: &Path) -> Result<RunReport> {
 pub fn example_main(variant: &str) -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut cfg = RunConfig::from_toml_file(&root.join("configs/roberta").join(format!("{variant}.toml")))?;
+    let mut cfg =
+        RunConfig::from_toml_file(&root.join("configs/roberta").join(format!("{variant}.toml")))?;
     match args.as_slice() {
         [model, glue, rest @ ..] => {
             cfg.model_dir = Some(model.into());
@@ -321,7 +424,9 @@ pub fn example_main(variant: &str) -> Result<()> {
             cfg.task = rest.first().cloned().unwrap_or_else(|| "rte".into());
         }
         [] => {
-            println!("no MODEL_DIR GLUE_DIR given: built-in tiny RoBERTa on the synthetic GLUE fixtures");
+            println!(
+                "no MODEL_DIR GLUE_DIR given: built-in tiny RoBERTa on the synthetic GLUE fixtures"
+            );
             cfg.data_dir = Some(root.join("tests/fixtures/glue"));
             cfg.task = "sst2".into();
             cfg.epochs_from_task = false;
@@ -332,10 +437,15 @@ pub fn example_main(variant: &str) -> Result<()> {
         }
         _ => bail!("usage: {variant}_roberta [MODEL_DIR GLUE_DIR [TASK]]"),
     }
-    let out = root.join("runs").join(format!("example-{variant}-{}", cfg.task));
+    let out = root
+        .join("runs")
+        .join(format!("example-{variant}-{}", cfg.task));
     let report = run(&cfg, &out)?;
     for e in &report.epochs {
-        println!("epoch {:>2}  train loss {:.4}  eval {:.2}", e.epoch, e.train_loss, e.eval_metric);
+        println!(
+            "epoch {:>2}  train loss {:.4}  eval {:.2}",
+            e.epoch, e.train_loss, e.eval_metric
+        );
     }
     println!("best epoch {}; test {:?}", report.best_epoch, report.test);
     println!("{}", report.storage.to_table());

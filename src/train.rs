@@ -164,7 +164,12 @@ pub fn predict(
         let preds: Vec<f32> = if regression {
             logits.squeeze(1)?.to_vec1::<f32>()?
         } else {
-            logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|x| x as f32).collect()
+            logits
+                .argmax(1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()
         };
         for (&i, p) in chunk.iter().zip(preds) {
             out[i] = p;
@@ -175,23 +180,45 @@ pub fn predict(
 
 /// The task metrics (×100) of a model on `data`, including `selection` (see
 /// [`crate::metrics::task_metrics`]).
-pub fn evaluate(model: &dyn RobertaPetl, data: &[Example], task: Option<GlueTask>, batch_size: usize, max_len: usize, pad: u32) -> Result<BTreeMap<String, f64>> {
+pub fn evaluate(
+    model: &dyn RobertaPetl,
+    data: &[Example],
+    task: Option<GlueTask>,
+    batch_size: usize,
+    max_len: usize,
+    pad: u32,
+) -> Result<BTreeMap<String, f64>> {
     if data.is_empty() {
         bail!("cannot evaluate on an empty split");
     }
     let preds = predict(model, data, batch_size, max_len, pad)?;
     let gold: Vec<f32> = data.iter().map(|e| e.label).collect();
-    Ok(crate::metrics::task_metrics(task, model.head().num_labels == 1, &preds, &gold))
+    Ok(crate::metrics::task_metrics(
+        task,
+        model.head().num_labels == 1,
+        &preds,
+        &gold,
+    ))
 }
 
 /// The selection metric (accuracy, MCC, combined score or correlation; ×100) on `data`.
-pub fn metric(model: &dyn RobertaPetl, data: &[Example], batch_size: usize, max_len: usize, pad: u32) -> Result<f64> {
+pub fn metric(
+    model: &dyn RobertaPetl,
+    data: &[Example],
+    batch_size: usize,
+    max_len: usize,
+    pad: u32,
+) -> Result<f64> {
     Ok(evaluate(model, data, None, batch_size, max_len, pad)?["selection"])
 }
 
 /// Shuffled batches of similar lengths: shuffle, sort windows of 50 batches by length, cut
 /// into batches, shuffle the batches. Less padding, same randomness in expectation.
-pub fn length_bucketed_batches(data: &[Example], batch_size: usize, rng: &mut PetlRng) -> Vec<Vec<usize>> {
+pub fn length_bucketed_batches(
+    data: &[Example],
+    batch_size: usize,
+    rng: &mut PetlRng,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..data.len()).collect();
     rng.shuffle(&mut order);
     let mut batches = Vec::with_capacity(data.len().div_ceil(batch_size));
@@ -203,19 +230,35 @@ pub fn length_bucketed_batches(data: &[Example], batch_size: usize, rng: &mut Pe
     batches
 }
 
-/// Train `model` (whose trainable variables are all in `varmap`) on `train`, evaluating on
-/// `eval` after every epoch. Returns the per-epoch log; `on_epoch` sees each entry (e.g. to
-/// keep the best state).
+/// The data of a training run.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainData<'a> {
+    /// Training examples.
+    pub train: &'a [Example],
+    /// Evaluated after every epoch (model selection).
+    pub eval: &'a [Example],
+    /// Padding token id.
+    pub pad: u32,
+    /// The GLUE task, which picks the metrics (None: accuracy or correlations).
+    pub task: Option<GlueTask>,
+}
+
+/// Train `model` (whose trainable variables are all in `varmap`) on `data.train`, evaluating
+/// on `data.eval` after every epoch. Returns the per-epoch log; `on_epoch` sees each entry
+/// (e.g. to keep the best state).
 pub fn train(
     model: &mut dyn RobertaPetl,
     varmap: &VarMap,
-    train: &[Example],
-    eval: &[Example],
+    data: &TrainData,
     cfg: &TrainConfig,
-    pad: u32,
-    task: Option<GlueTask>,
     mut on_epoch: impl FnMut(&dyn RobertaPetl, &EpochLog) -> Result<()>,
 ) -> Result<Vec<EpochLog>> {
+    let TrainData {
+        train,
+        eval,
+        pad,
+        task,
+    } = *data;
     if train.is_empty() {
         bail!("the training set is empty");
     }
@@ -272,7 +315,11 @@ pub fn train(
         }
         let train_secs = start.elapsed().as_secs_f64();
         let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
-        let eval_scores = if eval.is_empty() { BTreeMap::new() } else { evaluate(&*model, eval, task, cfg.batch_size, cfg.max_len, pad)? };
+        let eval_scores = if eval.is_empty() {
+            BTreeMap::new()
+        } else {
+            evaluate(&*model, eval, task, cfg.batch_size, cfg.max_len, pad)?
+        };
         let eval_metric = eval_scores.get("selection").copied().unwrap_or(f64::NAN);
         let log = EpochLog {
             epoch,

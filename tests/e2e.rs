@@ -25,7 +25,11 @@ fn quick(task: &str, variant: &str, epochs: usize) -> RunConfig {
 fn every_glue_task_trains_and_reports_its_metrics() {
     let dir = tempfile::tempdir().unwrap();
     for t in GlueTask::ALL {
-        let report = run(&quick(t.name(), "pro_adapter", 1), &dir.path().join(t.name())).unwrap();
+        let report = run(
+            &quick(t.name(), "pro_adapter", 1),
+            &dir.path().join(t.name()),
+        )
+        .unwrap();
         let expect: &[&str] = match t {
             GlueTask::Cola => &["mcc"],
             GlueTask::Mrpc | GlueTask::Qqp => &["accuracy", "f1"],
@@ -33,11 +37,23 @@ fn every_glue_task_trains_and_reports_its_metrics() {
             _ => &["accuracy"],
         };
         for k in expect.iter().chain(&["selection"]) {
-            assert!(report.test.contains_key(*k), "{t:?} test lacks {k}: {:?}", report.test);
+            assert!(
+                report.test.contains_key(*k),
+                "{t:?} test lacks {k}: {:?}",
+                report.test
+            );
             assert!(report.eval.contains_key(*k), "{t:?} eval lacks {k}");
         }
-        assert!(report.sizes["train"] > 0 && report.sizes["eval"] > 0 && report.sizes["test"] > 0, "{t:?}");
-        for f in ["config.toml", "metrics.jsonl", "best.safetensors", "report.json"] {
+        assert!(
+            report.sizes["train"] > 0 && report.sizes["eval"] > 0 && report.sizes["test"] > 0,
+            "{t:?}"
+        );
+        for f in [
+            "config.toml",
+            "metrics.jsonl",
+            "best.safetensors",
+            "report.json",
+        ] {
             assert!(dir.path().join(t.name()).join(f).exists(), "{t:?}: no {f}");
         }
     }
@@ -53,7 +69,10 @@ fn training_reduces_the_loss_and_the_best_state_reloads_exactly() {
     let last = report.epochs.last().unwrap().train_loss;
     assert!(last < first, "train loss {first} -> {last}");
     // metrics.jsonl holds one line per epoch
-    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(lines, 12);
     // reload the best state into a fresh model: identical test metrics and predictions
     let mut p = prepare(&cfg).unwrap();
@@ -62,19 +81,36 @@ fn training_reduces_the_loss_and_the_best_state_reloads_exactly() {
     assert_eq!(again, report.test);
     let mut q = prepare(&cfg).unwrap();
     restore(q.model.as_mut(), &q.varmap, &out.join("best.safetensors")).unwrap();
-    assert_eq!(predict(p.model.as_ref(), &p.test, 8, 128, p.pad).unwrap(), predict(q.model.as_ref(), &q.test, 8, 128, q.pad).unwrap());
+    assert_eq!(
+        predict(p.model.as_ref(), &p.test, 8, 128, p.pad).unwrap(),
+        predict(q.model.as_ref(), &q.test, 8, 128, q.pad).unwrap()
+    );
     // the same seed reproduces the run exactly
     let twice = run(&cfg, &dir.path().join("again")).unwrap();
-    assert_eq!(twice.epochs.last().unwrap().step_losses, report.epochs.last().unwrap().step_losses);
+    assert_eq!(
+        twice.epochs.last().unwrap().step_losses,
+        report.epochs.last().unwrap().step_losses
+    );
 }
 
 #[test]
 fn every_variant_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    for v in ["pro_adapter", "pro_lora", "pro_prefix", "adapter", "lora", "prefix"] {
+    for v in [
+        "pro_adapter",
+        "pro_lora",
+        "pro_prefix",
+        "adapter",
+        "lora",
+        "prefix",
+    ] {
         let report = run(&quick("rte", v, 1), &dir.path().join(v)).unwrap();
         assert!(report.test["accuracy"].is_finite(), "{v}");
-        assert_eq!(report.storage.mask_entries == 0, !v.starts_with("pro_"), "{v}");
+        assert_eq!(
+            report.storage.mask_entries == 0,
+            !v.starts_with("pro_"),
+            "{v}"
+        );
     }
 }
 
@@ -96,7 +132,10 @@ fn a_malformed_row_names_its_file_and_line() {
     lines[4] = "fine film\tmaybe";
     std::fs::write(task.join("train.tsv"), lines.join("\n")).unwrap();
     let err = format!("{:#}", run(&cfg, &dir.path().join("out")).unwrap_err());
-    assert!(err.contains("train.tsv:5") && err.contains("bad label `maybe`"), "{err}");
+    assert!(
+        err.contains("train.tsv:5") && err.contains("bad label `maybe`"),
+        "{err}"
+    );
     // skipping is explicit and counted
     cfg.skip_bad_rows = true;
     let report = run(&cfg, &dir.path().join("out")).unwrap();
@@ -107,9 +146,17 @@ fn a_malformed_row_names_its_file_and_line() {
 fn custom_csv_and_jsonl_with_quoted_newlines_and_bad_rows() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("train.csv");
-    std::fs::write(&csv, "text,stars\n\"good, really\ngood\",pos\nawful,neg\n\"fine\",pos\n").unwrap();
+    std::fs::write(
+        &csv,
+        "text,stars\n\"good, really\ngood\",pos\nawful,neg\n\"fine\",pos\n",
+    )
+    .unwrap();
     let jsonl = dir.path().join("dev.jsonl");
-    std::fs::write(&jsonl, "{\"text\": \"great\", \"stars\": \"pos\"}\n{\"text\": \"bad\", \"stars\": \"neg\"}\n").unwrap();
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"great\", \"stars\": \"pos\"}\n{\"text\": \"bad\", \"stars\": \"neg\"}\n",
+    )
+    .unwrap();
     let data = CustomData {
         train: csv.clone(),
         dev: jsonl.clone(),
@@ -125,13 +172,27 @@ fn custom_csv_and_jsonl_with_quoted_newlines_and_bad_rows() {
     assert_eq!(ds.examples[0].text_a, "good, really\ngood");
     assert_eq!(ds.examples[1].label, 0.0);
     // a bad label on CSV line 5 (the quoted field spans lines 2–3)
-    std::fs::write(&csv, "text,stars\n\"good, really\ngood\",pos\nawful,neg\nmeh,unknown\n").unwrap();
+    std::fs::write(
+        &csv,
+        "text,stars\n\"good, really\ngood\",pos\nawful,neg\nmeh,unknown\n",
+    )
+    .unwrap();
     let err = format!("{:#}", data.load_file(&csv, false).unwrap_err());
-    assert!(err.contains("train.csv:5") && err.contains("bad label"), "{err}");
+    assert!(
+        err.contains("train.csv:5") && err.contains("bad label"),
+        "{err}"
+    );
     assert_eq!(data.load_file(&csv, true).unwrap().skipped, 1);
-    std::fs::write(&jsonl, "{\"text\": \"great\", \"stars\": \"pos\"}\nnot json\n").unwrap();
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"great\", \"stars\": \"pos\"}\nnot json\n",
+    )
+    .unwrap();
     let err = format!("{:#}", data.load_file(&jsonl, false).unwrap_err());
-    assert!(err.contains("dev.jsonl:2") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains("dev.jsonl:2") && err.contains("invalid JSON"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -158,26 +219,70 @@ fn the_cli_trains_from_a_config_file_and_evaluates_the_run() {
     .unwrap();
     let out = dir.path().join("run");
     let bin = env!("CARGO_BIN_EXE_propetl");
-    let status = std::process::Command::new(bin).args(["train", "--config"]).arg(&cfg_path).arg("--out").arg(&out).args(["--seed", "7"]).output().unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let status = std::process::Command::new(bin)
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .arg("--out")
+        .arg(&out)
+        .args(["--seed", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["variant"], "pro_lora");
     assert!(report["test"]["f1"].is_number());
     let resolved = std::fs::read_to_string(out.join("config.toml")).unwrap();
-    assert!(resolved.contains("seed = 7") && resolved.contains("keep = 0.3"), "{resolved}");
-    let eval = std::process::Command::new(bin).arg("eval").arg(&out).output().unwrap();
-    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(
+        resolved.contains("seed = 7") && resolved.contains("keep = 0.3"),
+        "{resolved}"
+    );
+    let eval = std::process::Command::new(bin)
+        .arg("eval")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
     let m: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(m["f1"], report["test"]["f1"]);
     // the report PNG of the run
     let png = dir.path().join("report.png");
-    let rep = std::process::Command::new(bin).arg("report").arg(&out).arg("--out").arg(&png).output().unwrap();
-    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    let rep = std::process::Command::new(bin)
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
     assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     // a bad config is refused with the file named
-    std::fs::write(&cfg_path, "task = \"mrpc\"\nvariant = \"pro_lora\"\nbogus = 1\n").unwrap();
-    let bad = std::process::Command::new(bin).args(["train", "--config"]).arg(&cfg_path).output().unwrap();
+    std::fs::write(
+        &cfg_path,
+        "task = \"mrpc\"\nvariant = \"pro_lora\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let bad = std::process::Command::new(bin)
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("run.toml"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("run.toml"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
-

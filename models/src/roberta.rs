@@ -250,15 +250,31 @@ impl Checkpoint {
 
     /// A checkpoint from in-memory files: `config.json` text, `model.safetensors` bytes and
     /// optionally `tokenizer.json` bytes (e.g. a model embedded in a binary).
-    pub fn from_bytes(config_json: &str, safetensors: Vec<u8>, tokenizer_json: Option<Vec<u8>>, device: &Device) -> Result<Self> {
+    pub fn from_bytes(
+        config_json: &str,
+        safetensors: Vec<u8>,
+        tokenizer_json: Option<Vec<u8>>,
+        device: &Device,
+    ) -> Result<Self> {
         let config = RobertaConfig::from_json(config_json)?;
-        let vb = VarBuilder::from_buffered_safetensors(safetensors, DType::F32, device).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let vb = VarBuilder::from_buffered_safetensors(safetensors, DType::F32, device)
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
         let prefix = ["roberta.", "bert.", ""]
             .into_iter()
             .find(|p| vb.contains_tensor(&format!("{p}embeddings.word_embeddings.weight")))
-            .ok_or_else(|| ModelError::Weights("no `embeddings.word_embeddings.weight`: not a BERT-family checkpoint".into()))?
+            .ok_or_else(|| {
+                ModelError::Weights(
+                    "no `embeddings.word_embeddings.weight`: not a BERT-family checkpoint".into(),
+                )
+            })?
             .to_string();
-        Ok(Self { dir: PathBuf::new(), config, prefix, vb, tokenizer_json })
+        Ok(Self {
+            dir: PathBuf::new(),
+            config,
+            prefix,
+            vb,
+            tokenizer_json,
+        })
     }
 
     /// A checkpoint from in-memory tensors named like a Hugging Face file (prefix detected
@@ -356,7 +372,11 @@ impl Checkpoint {
     /// The tokenizer of this checkpoint (`tokenizer.json`).
     pub fn tokenizer(&self) -> Result<crate::tokenizer::EncoderTokenizer> {
         if let Some(bytes) = &self.tokenizer_json {
-            return crate::tokenizer::EncoderTokenizer::from_bytes(bytes, self.config.pad_token_id as u32, self.device());
+            return crate::tokenizer::EncoderTokenizer::from_bytes(
+                bytes,
+                self.config.pad_token_id as u32,
+                self.device(),
+            );
         }
         crate::tokenizer::EncoderTokenizer::from_file(
             &self.dir.join("tokenizer.json"),

@@ -33,10 +33,17 @@ impl EncoderTokenizer {
 
     /// Load from the bytes of a `tokenizer.json`.
     pub fn from_bytes(bytes: &[u8], pad_id: u32, device: &Device) -> Result<Self> {
-        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut inner =
+            Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         inner.with_padding(None);
-        inner.with_truncation(None).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(Self { inner, pad_id, device: device.clone() })
+        inner
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(Self {
+            inner,
+            pad_id,
+            device: device.clone(),
+        })
     }
 
     /// Token ids of one text (with special tokens).

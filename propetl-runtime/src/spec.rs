@@ -274,7 +274,12 @@ impl PetlConfig {
     /// A one-line human description, e.g. `adapter share=layers mask=binary keep=0.5`.
     pub fn describe(&self) -> String {
         if self.is_masked() {
-            format!("{} share={} mask=binary keep={}", self.method.name(), self.share, self.keep)
+            format!(
+                "{} share={} mask=binary keep={}",
+                self.method.name(),
+                self.share,
+                self.keep
+            )
         } else {
             format!("{} share={} mask=none", self.method.name(), self.share)
         }

@@ -161,7 +161,10 @@ impl TrainArgs {
     fn resolve(&self) -> Result<RunConfig> {
         let mut c = match &self.config {
             Some(p) => RunConfig::from_toml_file(p)?,
-            None => RunConfig::new(&self.task.clone().context("give --config or --task")?, "pro_adapter"),
+            None => RunConfig::new(
+                &self.task.clone().context("give --config or --task")?,
+                "pro_adapter",
+            ),
         };
         macro_rules! set {
             ($($src:ident => $($dst:ident).+),* $(,)?) => { $(if let Some(v) = &self.$src { c.$($dst).+ = v.clone().into(); })* };
@@ -188,10 +191,26 @@ impl TrainArgs {
 }
 
 fn print_report(r: &RunReport) {
-    let fmt = |m: &std::collections::BTreeMap<String, f64>| m.iter().filter(|(k, _)| *k != "selection").map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ");
-    println!("{} / {}: best epoch {} — eval {} — test {}", r.task, r.variant, r.best_epoch, fmt(&r.eval), fmt(&r.test));
+    let fmt = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .filter(|(k, _)| *k != "selection")
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "{} / {}: best epoch {} — eval {} — test {}",
+        r.task,
+        r.variant,
+        r.best_epoch,
+        fmt(&r.eval),
+        fmt(&r.test)
+    );
     println!("{}", r.storage.to_table());
-    println!("sizes {:?}, skipped rows {}, wall time {:.1}s", r.sizes, r.skipped_rows, r.wall_seconds);
+    println!(
+        "sizes {:?}, skipped rows {}, wall time {:.1}s",
+        r.sizes, r.skipped_rows, r.wall_seconds
+    );
 }
 
 fn main() -> ExitCode {
@@ -255,13 +274,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "eval" => &p.eval,
                 other => anyhow::bail!("unknown split `{other}` (test or eval)"),
             };
-            let m = propetl::train::evaluate(p.model.as_ref(), data, p.glue, cfg.train.batch_size, cfg.train.max_len, p.pad)?;
+            let m = propetl::train::evaluate(
+                p.model.as_ref(),
+                data,
+                p.glue,
+                cfg.train.batch_size,
+                cfg.train.max_len,
+                p.pad,
+            )?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quickstart { model_dir, data_dir, out, variants, max_train_examples, epochs } => {
-            for needed in [model_dir.join("model.safetensors"), data_dir.join("rotten_tomatoes_corpus_full.csv")] {
-                anyhow::ensure!(needed.exists(), "{} is missing: run scripts/fetch-assets.sh", needed.display());
+        Command::Quickstart {
+            model_dir,
+            data_dir,
+            out,
+            variants,
+            max_train_examples,
+            epochs,
+        } => {
+            for needed in [
+                model_dir.join("model.safetensors"),
+                data_dir.join("rotten_tomatoes_corpus_full.csv"),
+            ] {
+                anyhow::ensure!(
+                    needed.exists(),
+                    "{} is missing: run scripts/fetch-assets.sh",
+                    needed.display()
+                );
             }
             println!("Fine-tuning all-MiniLM-L6-v2 on Rotten Tomatoes sentiment (seeded 80/10/10 hash split; {max_train_examples} training sentences, {epochs} epochs)\n");
             let mut reports = Vec::new();
@@ -270,7 +310,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     model_dir: Some(model_dir.clone()),
                     data_dir: Some(data_dir.clone()),
                     max_train_examples: Some(max_train_examples),
-                    train: propetl::train::TrainConfig { epochs, batch_size: 32, max_len: 64, lr: 1e-3, mask_lr: 3e-3, warmup_ratio: 0.1, seed: 42, ..Default::default() },
+                    train: propetl::train::TrainConfig {
+                        epochs,
+                        batch_size: 32,
+                        max_len: 64,
+                        lr: 1e-3,
+                        mask_lr: 3e-3,
+                        warmup_ratio: 0.1,
+                        seed: 42,
+                        ..Default::default()
+                    },
                     ..RunConfig::new("rotten-tomatoes", v)
                 };
                 let report = run::run(&cfg, &out.join(v))?;
@@ -278,9 +327,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!();
                 reports.push(report);
             }
-            println!("{:<12} {:>14} {:>16} {:>14}", "variant", "test accuracy", "float32-equiv.", "% of backbone");
+            println!(
+                "{:<12} {:>14} {:>16} {:>14}",
+                "variant", "test accuracy", "float32-equiv.", "% of backbone"
+            );
             for r in &reports {
-                println!("{:<12} {:>14.2} {:>16.0} {:>13.3}%", r.variant, r.test["accuracy"], r.storage.float32_equivalents, r.storage.percent_of_backbone);
+                println!(
+                    "{:<12} {:>14.2} {:>16.0} {:>13.3}%",
+                    r.variant,
+                    r.test["accuracy"],
+                    r.storage.float32_equivalents,
+                    r.storage.percent_of_backbone
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
