@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 if [ -x scripts/fetch-assets.sh ]; then
   scripts/fetch-assets.sh
 fi
-cargo test --workspace --all-targets
+cargo test --workspace --lib --bins --tests --examples
 cargo test --workspace --doc
 # the examples check their own results (loss goes down, save/load round trip is exact)
 cargo run --example custom_transformer

@@ -1,8 +1,10 @@
 //! Model definitions annotated with `#[propetl]`: RoBERTa/BERT encoders with ProAdapter,
-//! ProLoRA, ProPrefix and their unshared baselines, loading Hugging Face checkpoints.
+//! ProLoRA, ProPrefix and their unshared baselines, and multi-task ProPETL on T5, loading
+//! Hugging Face checkpoints.
 
 pub mod error;
 pub mod roberta;
+pub mod t5;
 pub mod tokenizer;
 
 pub use error::{ModelError, Result};
