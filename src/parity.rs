@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Var;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use propetl_models::roberta::{Checkpoint, Variant};
+use propetl_models::t5::{self, T5Checkpoint};
 use propetl_runtime::{reference_groups, AdamW, GroupHyper, NumericOverrides, PetlRng, Schedule};
 use serde::Serialize;
 
@@ -88,7 +90,8 @@ fn rel_err(ours: &Tensor, theirs: &Tensor) -> Result<f64> {
 /// How fixture names map onto ours.
 struct NameMap {
     layers: usize,
-    variant: String,
+    /// RoBERTa adapter scores are stored transposed by the reference.
+    transposed_scores: bool,
 }
 
 impl NameMap {
@@ -99,8 +102,7 @@ impl NameMap {
                 .map(|l| Ok((format!("mask.{l}.prefix"), t.get(l)?)))
                 .collect();
         }
-        if self.variant == "adapter" && name.starts_with("mask.") {
-            // reference layout: scores stored transposed relative to the weights
+        if self.transposed_scores && name.starts_with("mask.") {
             return Ok(vec![(name.to_string(), t.t()?.contiguous()?)]);
         }
         Ok(vec![(name.to_string(), t.clone())])
@@ -123,25 +125,330 @@ impl NameMap {
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Tensor::stack(&parts, 0)?);
         }
-        if self.variant == "adapter" && name.starts_with("mask.") {
+        if self.transposed_scores && name.starts_with("mask.") {
             return Ok(get(name)?.t()?.contiguous()?);
         }
         get(name)
     }
 }
 
-/// Run every check of one RoBERTa fixture folder.
-pub fn check_fixture(dir: &Path) -> Result<ParityReport> {
-    let dev = Device::Cpu;
-    let settings: serde_json::Value = serde_json::from_str(
+type Outputs = (Vec<(String, Tensor)>, Tensor);
+
+/// The model-independent part of a parity check: load the fixture's parameters into our
+/// variables, compare masks, forward outputs, loss, every gradient, one AdamW step with the
+/// reference groups and the loss after it.
+struct Harness<'a> {
+    dir: &'a Path,
+    settings: &'a serde_json::Value,
+    atol_rel: f64,
+    names: NameMap,
+    vars: std::collections::HashMap<String, Var>,
+    checks: Vec<TensorCheck>,
+}
+
+impl Harness<'_> {
+    fn check(&mut self, name: String, ours: &Tensor, theirs: &Tensor) -> Result<()> {
+        let e = rel_err(ours, theirs).with_context(|| name.clone())?;
+        self.checks.push(TensorCheck {
+            name,
+            max_rel_err: e,
+            ok: e <= self.atol_rel,
+        });
+        Ok(())
+    }
+
+    fn check_mask(&mut self, name: String, ours: &Tensor, theirs: &Tensor) -> Result<()> {
+        let differ = ours
+            .ne(theirs)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+        self.checks.push(TensorCheck {
+            name,
+            max_rel_err: differ,
+            ok: differ == 0.0,
+        });
+        Ok(())
+    }
+
+    fn load_params(&self) -> Result<()> {
+        let params = load_st(&self.dir.join("params.safetensors"), &Device::Cpu)?;
+        let mut set = 0;
+        for (name, t) in &params {
+            for (ours, value) in self.names.our_tensors(name, t)? {
+                let var = self.vars.get(&ours).ok_or_else(|| {
+                    anyhow!("fixture tensor `{name}` has no counterpart `{ours}` in our model")
+                })?;
+                if var.dims() != value.dims() {
+                    bail!(
+                        "`{ours}`: our shape {:?}, fixture {:?}",
+                        var.dims(),
+                        value.dims()
+                    );
+                }
+                var.set(&value)?;
+                set += 1;
+            }
+        }
+        if set != self.vars.len() {
+            bail!(
+                "fixture sets {set} of our {} trainable tensors",
+                self.vars.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Compare the fixture masks named like scores with ours. With `all`, the fixture must hold
+    /// every mask we have (multi-task fixtures hold only the batch task's).
+    fn masks(
+        &mut self,
+        our_masks: &BTreeMap<String, Tensor>,
+        all: bool,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let fixture: BTreeMap<String, Tensor> =
+            load_st(&self.dir.join("masks.safetensors"), &Device::Cpu)?
+                .into_iter()
+                .filter(|(n, _)| !n.starts_with('_'))
+                .collect();
+        let mut rest = BTreeMap::new();
+        let mut compared = 0;
+        for (name, m) in fixture {
+            if name.starts_with("mask.") {
+                let ours = self.names.fixture_tensor(&name, our_masks)?;
+                self.check_mask(format!("mask:{name}"), &ours, &m)?;
+                compared += 1;
+            } else {
+                rest.insert(name, m);
+            }
+        }
+        if all && compared != our_masks.len() {
+            bail!("fixture has {compared} masks, we have {}", our_masks.len());
+        }
+        Ok(rest)
+    }
+
+    fn run(&mut self, forward: &mut dyn FnMut() -> Result<Outputs>) -> Result<()> {
+        let outputs = load_st(&self.dir.join("outputs.safetensors"), &Device::Cpu)?;
+        let (named, loss) = forward()?;
+        for (name, t) in &named {
+            let theirs = outputs
+                .get(name)
+                .ok_or_else(|| anyhow!("outputs.safetensors has no `{name}`"))?
+                .clone();
+            self.check(name.clone(), t, &theirs)?;
+        }
+        self.check("loss".into(), &loss.reshape(1)?, &outputs["loss"])?;
+
+        let grads = loss.backward()?;
+        let fixture_grads = load_st(&self.dir.join("grads.safetensors"), &Device::Cpu)?;
+        let our_grads: BTreeMap<String, Tensor> = self
+            .vars
+            .iter()
+            // a tensor the batch does not use (another task's mask) has no gradient: zero
+            .map(|(n, v)| {
+                Ok((
+                    n.clone(),
+                    match grads.get(v.as_tensor()) {
+                        Some(g) => g.clone(),
+                        None => v.as_tensor().zeros_like()?,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        for (name, g) in &fixture_grads {
+            let ours = self.names.fixture_tensor(name, &our_grads)?;
+            self.check(format!("grad:{name}"), &ours, g)?;
+        }
+
+        // One AdamW step with the reference groups, checked against the fixture's group lists.
+        let groups_json = &self.settings["optimizer_step"]["groups"];
+        let g = |k: &str, f: &str| {
+            groups_json[k][f]
+                .as_f64()
+                .ok_or_else(|| anyhow!("settings: optimizer_step.groups.{k}.{f} missing"))
+        };
+        let hyper = GroupHyper {
+            lr: g("decay", "lr")?,
+            mask_lr: g("mask", "lr")?,
+            weight_decay: g("decay", "weight_decay")?,
+            mask_weight_decay: g("mask", "weight_decay")?,
+        };
+        let groups = reference_groups(self.vars.clone(), &hyper);
+        for group in &groups {
+            let mut ours: Vec<String> = group.params.iter().map(|(n, _)| n.clone()).collect();
+            if ours
+                .iter()
+                .any(|n| n.ends_with(".prefix") && n.starts_with("mask."))
+            {
+                ours = vec!["mask.prefix".into()];
+            }
+            ours.sort();
+            let mut theirs: Vec<String> = groups_json[&group.name]["names"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            theirs.sort();
+            if ours != theirs {
+                bail!(
+                    "optimizer group `{}`: ours {ours:?}, fixture {theirs:?}",
+                    group.name
+                );
+            }
+        }
+        let mut opt = AdamW::new(groups, Schedule::Constant);
+        opt.step(&grads)?;
+        let step1 = load_st(&self.dir.join("step1.safetensors"), &Device::Cpu)?;
+        let after: BTreeMap<String, Tensor> = self
+            .vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        for (name, t) in &step1 {
+            let ours = self.names.fixture_tensor(name, &after)?;
+            self.check(format!("step1:{name}"), &ours, t)?;
+        }
+        if let Some(target) = outputs.get("loss_after_step") {
+            let (_, loss) = forward()?;
+            self.check("loss_after_step".into(), &loss.reshape(1)?, target)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_settings(dir: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(
         &std::fs::read_to_string(dir.join("settings.json"))
             .with_context(|| format!("reading {}/settings.json", dir.display()))?,
     )
-    .context("settings.json is not valid JSON")?;
-    let model_type = settings["model_type"].as_str().unwrap_or("?");
-    if model_type != "roberta" && model_type != "bert" {
-        bail!("model_type `{model_type}` is not supported by the parity check yet (RoBERTa/BERT only)");
+    .context("settings.json is not valid JSON")
+}
+
+/// Run every check of one fixture folder (RoBERTa/BERT or T5, any variant named in its
+/// `settings.json`).
+pub fn check_fixture(dir: &Path) -> Result<ParityReport> {
+    let settings = read_settings(dir)?;
+    match settings["model_type"].as_str().unwrap_or("?") {
+        "roberta" | "bert" => check_roberta(dir, &settings),
+        "t5" => check_t5(dir, &settings),
+        other => {
+            bail!("model_type `{other}` is not supported by the parity check (roberta, bert, t5)")
+        }
     }
+}
+
+fn atol(settings: &serde_json::Value) -> f64 {
+    settings["tolerance"]["atol_rel"].as_f64().unwrap_or(1e-5)
+}
+
+fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
+    let dev = Device::Cpu;
+    let p = &settings["propetl"];
+    if p["variant"].as_str() != Some("adapter") {
+        bail!(
+            "T5 fixtures: only the adapter variant is supported, got {}",
+            p["variant"]
+        );
+    }
+    let shared = p["shared"]
+        .as_bool()
+        .ok_or_else(|| anyhow!("settings.propetl.shared missing"))?;
+    if shared && p["combine"].as_str().is_some_and(|c| c != "or") {
+        bail!(
+            "T5 fixtures: combine {} is not the paper's `or`",
+            p["combine"]
+        );
+    }
+    if p["emulate_ref_alias"].as_bool() == Some(true) {
+        bail!("T5 fixture emulates the reference's aliased layer mask, which propetl deliberately does not");
+    }
+    let batch_task = settings["task"]
+        .as_str()
+        .ok_or_else(|| anyhow!("settings.task (the batch's task) missing"))?
+        .to_string();
+    let tasks: Vec<String> = match p["tasks"].as_array() {
+        Some(a) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect(),
+        None => vec![batch_task.clone()],
+    };
+    let task_refs: Vec<&str> = tasks.iter().map(String::as_str).collect();
+    let overrides = NumericOverrides {
+        reduction: p["reduction_factor"].as_f64().map(|r| r as usize),
+        keep: if shared { p["density"].as_f64() } else { None },
+        ..Default::default()
+    };
+    let ckpt = T5Checkpoint::open(dir.join("ckpt"), &dev)?;
+    let varmap = VarMap::new();
+    let variant = if shared { "pro_adapter" } else { "adapter" };
+    let model = t5::build(
+        variant,
+        &ckpt,
+        &task_refs,
+        &overrides,
+        &varmap,
+        &mut PetlRng::seed(0),
+    )?;
+    let layers = ckpt.config.num_layers + ckpt.config.decoder_layers();
+    let vars = varmap.data().lock().expect("varmap").clone();
+    let mut h = Harness {
+        dir,
+        settings,
+        atol_rel: atol(settings),
+        names: NameMap {
+            layers,
+            transposed_scores: false,
+        },
+        vars,
+        checks: vec![],
+    };
+    h.load_params()?;
+    let rest = h.masks(&model.state().hard_masks()?, false)?;
+    // `used.{task}.{enc|dec}.{l}.{down|up}`: the combined mask each site applies
+    for (name, m) in &rest {
+        let parts: Vec<&str> = name.split('.').collect();
+        if let ["used", task, stack, l, site] = parts.as_slice() {
+            let ours = model
+                .state()
+                .effective_mask(site, &format!("{stack}.{l}"), task)?
+                .ok_or_else(|| anyhow!("{name}: we apply no mask there"))?;
+            h.check_mask(format!("mask:{name}"), &ours, m)?;
+        }
+    }
+    let inputs = load_st(&dir.join("inputs.safetensors"), &dev)?;
+    let need = |k: &str| {
+        inputs
+            .get(k)
+            .cloned()
+            .ok_or_else(|| anyhow!("inputs: no {k}"))
+    };
+    let (ids, mask, dec, labels) = (
+        need("input_ids")?,
+        need("attention_mask")?,
+        need("decoder_input_ids")?,
+        need("labels")?,
+    );
+    let mut forward = || -> Result<Outputs> {
+        let logits = model.logits(&ids, &mask, &dec, &batch_task)?;
+        let loss = model.loss(&logits, &labels)?;
+        Ok((vec![("logits".to_string(), logits)], loss))
+    };
+    h.run(&mut forward)?;
+    Ok(ParityReport {
+        fixture: dir.to_path_buf(),
+        variant: format!("t5 {variant}"),
+        atol_rel: h.atol_rel,
+        checks: h.checks,
+    })
+}
+
+fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
+    let dev = Device::Cpu;
     let p = &settings["propetl"];
     let variant = p["variant"]
         .as_str()
@@ -155,7 +462,6 @@ pub fn check_fixture(dir: &Path) -> Result<ParityReport> {
     let num_labels = settings["num_labels"]
         .as_u64()
         .ok_or_else(|| anyhow!("settings.num_labels missing"))? as usize;
-    let atol_rel = settings["tolerance"]["atol_rel"].as_f64().unwrap_or(1e-5);
     let num = |k: &str| p[k].as_f64();
     let overrides = match variant {
         "adapter" => NumericOverrides {
@@ -189,194 +495,54 @@ pub fn check_fixture(dir: &Path) -> Result<ParityReport> {
     } else {
         variant.to_string()
     })?;
-
     let ckpt = Checkpoint::open(dir.join("ckpt"), &dev)?;
     let varmap = VarMap::new();
-    let mut model = v.build(
+    let model = v.build(
         &ckpt,
         num_labels,
         &overrides,
         &varmap,
         &mut PetlRng::seed(0),
     )?;
+    let vars = varmap.data().lock().expect("varmap").clone();
     let names = NameMap {
         layers: ckpt.config.num_hidden_layers,
-        variant: variant.to_string(),
+        transposed_scores: variant == "adapter",
     };
-
-    // Load the fixture's parameters into our variables.
-    let params = load_st(&dir.join("params.safetensors"), &dev)?;
-    let vars = varmap.data().lock().expect("varmap").clone();
-    let mut ours_count = 0;
-    for (name, t) in &params {
-        for (ours, value) in names.our_tensors(name, t)? {
-            let var = vars.get(&ours).ok_or_else(|| {
-                anyhow!("fixture tensor `{name}` has no counterpart `{ours}` in our model")
-            })?;
-            if var.dims() != value.dims() {
-                bail!(
-                    "`{ours}`: our shape {:?}, fixture {:?}",
-                    var.dims(),
-                    value.dims()
-                );
-            }
-            var.set(&value)?;
-            ours_count += 1;
-        }
-    }
-    if ours_count != vars.len() {
-        bail!(
-            "fixture sets {ours_count} of our {} trainable tensors",
-            vars.len()
-        );
-    }
-
+    let mut h = Harness {
+        dir,
+        settings,
+        atol_rel: atol(settings),
+        names,
+        vars,
+        checks: vec![],
+    };
+    h.load_params()?;
+    h.masks(&model.state().hard_masks()?, true)?;
     let inputs = load_st(&dir.join("inputs.safetensors"), &dev)?;
-    let ids = inputs
-        .get("input_ids")
-        .ok_or_else(|| anyhow!("inputs: no input_ids"))?;
-    let mask = inputs
-        .get("attention_mask")
-        .ok_or_else(|| anyhow!("inputs: no attention_mask"))?;
-    let labels = inputs
-        .get("labels")
-        .ok_or_else(|| anyhow!("inputs: no labels"))?;
-    let outputs = load_st(&dir.join("outputs.safetensors"), &dev)?;
-    let mut checks = Vec::new();
-    let mut check = |name: String, ours: &Tensor, theirs: &Tensor| -> Result<()> {
-        let e = rel_err(ours, theirs).with_context(|| name.clone())?;
-        checks.push(TensorCheck {
-            name,
-            max_rel_err: e,
-            ok: e <= atol_rel,
-        });
-        Ok(())
+    let need = |k: &str| {
+        inputs
+            .get(k)
+            .cloned()
+            .ok_or_else(|| anyhow!("inputs: no {k}"))
     };
-
-    // Masks: exact.
-    let fixture_masks = load_st(&dir.join("masks.safetensors"), &dev)?;
-    let our_masks = model.state().hard_masks()?;
-    let mut mask_checks = Vec::new();
-    let fixture_masks: BTreeMap<String, Tensor> = fixture_masks
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with('_'))
-        .collect();
-    for (name, m) in &fixture_masks {
-        let ours = names.fixture_tensor(name, &our_masks)?;
-        let differ = ours
-            .ne(m)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-        mask_checks.push(TensorCheck {
-            name: format!("mask:{name}"),
-            max_rel_err: differ,
-            ok: differ == 0.0,
-        });
-    }
-    if fixture_masks.len() != our_masks.len() {
-        bail!(
-            "fixture has {} masks, we have {}",
-            fixture_masks.len(),
-            our_masks.len()
-        );
-    }
-
-    // Forward and loss.
-    let (hidden, logits) = model.forward(ids, mask, None)?;
-    let loss = model.loss(&logits, labels)?;
-    check("hidden".into(), &hidden, &outputs["hidden"])?;
-    check("logits".into(), &logits, &outputs["logits"])?;
-    check("loss".into(), &loss.reshape(1)?, &outputs["loss"])?;
-
-    // Gradients of every trainable tensor.
-    let grads = loss.backward()?;
-    let fixture_grads = load_st(&dir.join("grads.safetensors"), &dev)?;
-    let our_grads: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| {
-            Ok((
-                n.clone(),
-                grads
-                    .get(v.as_tensor())
-                    .cloned()
-                    .ok_or_else(|| anyhow!("no gradient reached `{n}`"))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    for (name, g) in &fixture_grads {
-        check(
-            format!("grad:{name}"),
-            &names.fixture_tensor(name, &our_grads)?,
-            g,
-        )?;
-    }
-
-    // One AdamW step with the reference groups, checked against the fixture's group lists.
-    let groups_json = &settings["optimizer_step"]["groups"];
-    let g = |k: &str, f: &str| {
-        groups_json[k][f]
-            .as_f64()
-            .ok_or_else(|| anyhow!("settings: optimizer_step.groups.{k}.{f} missing"))
+    let (ids, mask, labels) = (need("input_ids")?, need("attention_mask")?, need("labels")?);
+    let mut forward = || -> Result<Outputs> {
+        let (hidden, logits) = model.forward(&ids, &mask, None)?;
+        let loss = model.loss(&logits, &labels)?;
+        Ok((
+            vec![
+                ("hidden".to_string(), hidden),
+                ("logits".to_string(), logits),
+            ],
+            loss,
+        ))
     };
-    let hyper = GroupHyper {
-        lr: g("decay", "lr")?,
-        mask_lr: g("mask", "lr")?,
-        weight_decay: g("decay", "weight_decay")?,
-        mask_weight_decay: g("mask", "weight_decay")?,
-    };
-    let groups = reference_groups(vars.clone(), &hyper);
-    for group in &groups {
-        let mut ours: Vec<String> = group.params.iter().map(|(n, _)| n.clone()).collect();
-        if variant == "prefix" && group.name == "mask" && !ours.is_empty() {
-            ours = vec!["mask.prefix".into()];
-        }
-        ours.sort();
-        let mut theirs: Vec<String> = groups_json[&group.name]["names"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        theirs.sort();
-        if ours != theirs {
-            bail!(
-                "optimizer group `{}`: ours {ours:?}, fixture {theirs:?}",
-                group.name
-            );
-        }
-    }
-    let mut opt = AdamW::new(groups, Schedule::Constant);
-    opt.step(&grads)?;
-    let step1 = load_st(&dir.join("step1.safetensors"), &dev)?;
-    let after: BTreeMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    for (name, t) in &step1 {
-        check(
-            format!("step1:{name}"),
-            &names.fixture_tensor(name, &after)?,
-            t,
-        )?;
-    }
-    if let Some(target) = outputs.get("loss_after_step") {
-        model.state_mut().unfreeze()?;
-        let (_, logits) = model.forward(ids, mask, None)?;
-        check(
-            "loss_after_step".into(),
-            &model.loss(&logits, labels)?.reshape(1)?,
-            target,
-        )?;
-    }
-    let mut all = mask_checks;
-    all.extend(checks);
+    h.run(&mut forward)?;
     Ok(ParityReport {
         fixture: dir.to_path_buf(),
         variant: v.name().to_string(),
-        atol_rel,
-        checks: all,
+        atol_rel: h.atol_rel,
+        checks: h.checks,
     })
 }

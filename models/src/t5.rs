@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use propetl_macros::propetl;
-use propetl_runtime::{ops, LayerPetl, NumericOverrides, PetlConfig, PetlLayout, PetlRng, PetlState, ProPetlModel};
+use propetl_runtime::{
+    ops, LayerPetl, NumericOverrides, PetlConfig, PetlLayout, PetlRng, PetlState, ProPetlModel,
+};
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
@@ -90,20 +92,31 @@ pub struct T5Config {
 impl T5Config {
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
-        let mt = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("<missing>");
+        let raw: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
+        let mt = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("<missing>");
         if mt != "t5" {
-            return Err(ModelError::Config(format!("unsupported model_type `{mt}`: this model loads T5 checkpoints")));
+            return Err(ModelError::Config(format!(
+                "unsupported model_type `{mt}`: this model loads T5 checkpoints"
+            )));
         }
-        let c: Self = serde_json::from_value(raw).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let c: Self = serde_json::from_value(raw)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         if !matches!(c.feed_forward_proj.as_str(), "relu" | "gelu") {
             return Err(ModelError::Config(format!("unsupported feed_forward_proj `{}` (relu or gelu; gated T5 v1.1 FFNs are not supported)", c.feed_forward_proj)));
         }
         if !c.tie_word_embeddings {
-            return Err(ModelError::Config("untied T5 output embeddings are not supported".into()));
+            return Err(ModelError::Config(
+                "untied T5 output embeddings are not supported".into(),
+            ));
         }
         if c.num_heads == 0 || c.d_kv == 0 || c.num_layers == 0 {
-            return Err(ModelError::Config("num_heads, d_kv and num_layers must be > 0".into()));
+            return Err(ModelError::Config(
+                "num_heads, d_kv and num_layers must be > 0".into(),
+            ));
         }
         Ok(c)
     }
@@ -115,8 +128,16 @@ impl T5Config {
 
     /// The PETL layout: layers `enc.0…`, `dec.0…`, the given tasks.
     pub fn layout(&self, tasks: &[&str]) -> PetlLayout {
-        let layers = (0..self.num_layers).map(|l| format!("enc.{l}")).chain((0..self.decoder_layers()).map(|l| format!("dec.{l}"))).collect();
-        PetlLayout { hidden: self.d_model, num_heads: self.num_heads, layers, tasks: tasks.iter().map(|t| t.to_string()).collect() }
+        let layers = (0..self.num_layers)
+            .map(|l| format!("enc.{l}"))
+            .chain((0..self.decoder_layers()).map(|l| format!("dec.{l}")))
+            .collect();
+        PetlLayout {
+            hidden: self.d_model,
+            num_heads: self.num_heads,
+            layers,
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        }
     }
 
     /// Backbone parameters (shared embedding counted once; encoder and decoder stacks).
@@ -125,7 +146,11 @@ impl T5Config {
         let attn = 4 * d * inner;
         let enc = self.num_layers * (attn + d + 2 * d * f + d);
         let dec = self.decoder_layers() * (2 * attn + 2 * d + 2 * d * f + d);
-        self.vocab_size * d + enc + dec + 2 * d + 2 * self.relative_attention_num_buckets * self.num_heads
+        self.vocab_size * d
+            + enc
+            + dec
+            + 2 * d
+            + 2 * self.relative_attention_num_buckets * self.num_heads
     }
 }
 
@@ -148,12 +173,19 @@ impl T5Checkpoint {
         let config = T5Config::from_json(&text)?;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
-            return Err(ModelError::io(&weights, std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found")));
+            return Err(ModelError::io(
+                &weights,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found"),
+            ));
         }
         // SAFETY: read-only memory map; the file must not change while in use.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }.map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+            .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
         if !vb.contains_tensor("shared.weight") {
-            return Err(ModelError::Weights(format!("{}: no `shared.weight`: not a T5 checkpoint", weights.display())));
+            return Err(ModelError::Weights(format!(
+                "{}: no `shared.weight`: not a T5 checkpoint",
+                weights.display()
+            )));
         }
         Ok(Self { dir, config, vb })
     }
@@ -165,7 +197,12 @@ impl T5Checkpoint {
 }
 
 fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
-    vb.get(shape, name).map_err(|e| ModelError::Weights(format!("tensor `{}.{name}` (expected shape {shape:?}): {e}", vb.prefix())))
+    vb.get(shape, name).map_err(|e| {
+        ModelError::Weights(format!(
+            "tensor `{}.{name}` (expected shape {shape:?}): {e}",
+            vb.prefix()
+        ))
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -195,13 +232,22 @@ impl Attention {
     fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
         let (b, sq, _) = x.dims3()?;
         let sk = kv.dim(1)?;
-        let split = |t: Tensor, s: usize| t.reshape((b, s, self.heads, self.d_kv))?.transpose(1, 2)?.contiguous();
+        let split = |t: Tensor, s: usize| {
+            t.reshape((b, s, self.heads, self.d_kv))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let q = split(ops::frozen_linear(x, &self.q, None)?, sq)?;
         let k = split(ops::frozen_linear(kv, &self.k, None)?, sk)?;
         let v = split(ops::frozen_linear(kv, &self.v, None)?, sk)?;
         // T5 does not scale scores by 1/sqrt(d_kv)
-        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?.broadcast_add(bias)?;
-        let ctx = ops::softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, sq, self.heads * self.d_kv))?;
+        let scores = q
+            .matmul(&k.transpose(2, 3)?.contiguous()?)?
+            .broadcast_add(bias)?;
+        let ctx = ops::softmax_last_dim(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, sq, self.heads * self.d_kv))?;
         ops::frozen_linear(&ctx, &self.o, None)
     }
 }
@@ -226,7 +272,10 @@ impl T5Block {
         let ff = if decoder { 2 } else { 1 };
         let cross = if decoder {
             let x = l.pp(1);
-            Some((Attention::load(x.pp("EncDecAttention"), c)?, get(&x, &[d], "layer_norm.weight")?))
+            Some((
+                Attention::load(x.pp("EncDecAttention"), c)?,
+                get(&x, &[d], "layer_norm.weight")?,
+            ))
         } else {
             None
         };
@@ -238,11 +287,21 @@ impl T5Block {
             wo: get(&l.pp(ff).pp("DenseReluDense"), &[d, c.d_ff], "wo.weight")?,
             ff_norm: get(&l.pp(ff), &[d], "layer_norm.weight")?,
             eps: c.layer_norm_epsilon,
-            act: if c.feed_forward_proj == "gelu" { propetl_runtime::Activation::Gelu } else { propetl_runtime::Activation::Relu },
+            act: if c.feed_forward_proj == "gelu" {
+                propetl_runtime::Activation::Gelu
+            } else {
+                propetl_runtime::Activation::Relu
+            },
         })
     }
 
-    fn forward(&self, h: &Tensor, bias: &Tensor, enc: Option<(&Tensor, &Tensor)>, petl: &LayerPetl) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        h: &Tensor,
+        bias: &Tensor,
+        enc: Option<(&Tensor, &Tensor)>,
+        petl: &LayerPetl,
+    ) -> candle_core::Result<Tensor> {
         let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
         let mut h = h.add(&self.self_attn.forward(&n, &n, bias)?)?;
         if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
@@ -250,7 +309,11 @@ impl T5Block {
             h = h.add(&attn.forward(&n, enc_out, enc_bias)?)?;
         }
         let n = ops::rms_norm(&h, &self.ff_norm, self.eps)?;
-        let y = ops::frozen_linear(&ops::activate(&ops::frozen_linear(&n, &self.wi, None)?, self.act)?, &self.wo, None)?;
+        let y = ops::frozen_linear(
+            &ops::activate(&ops::frozen_linear(&n, &self.wi, None)?, self.act)?,
+            &self.wo,
+            None,
+        )?;
         let z = h.add(&y)?;
         // method page §5: block output h + y + A(h + y)
         match petl.adapter(&z).map_err(candle_core::Error::wrap)? {
@@ -261,7 +324,12 @@ impl T5Block {
 }
 
 /// T5's relative-position bucket (transformers' `_relative_position_bucket`).
-pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+pub fn relative_position_bucket(
+    relative: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
     let mut nb = num_buckets as i64;
     let mut bucket = 0i64;
     let mut rel = relative;
@@ -278,7 +346,9 @@ pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets:
     if rel < max_exact {
         bucket += rel;
     } else {
-        let large = max_exact + ((rel as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln() * (nb - max_exact) as f32) as i64;
+        let large = max_exact
+            + ((rel as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
+                * (nb - max_exact) as f32) as i64;
         bucket += large.min(nb - 1);
     }
     bucket as usize
@@ -295,13 +365,33 @@ struct Stacks {
 }
 
 impl Stacks {
-    fn position_bias(&self, table: &Tensor, q: usize, k: usize, bidirectional: bool, dev: &Device) -> candle_core::Result<Tensor> {
+    fn position_bias(
+        &self,
+        table: &Tensor,
+        q: usize,
+        k: usize,
+        bidirectional: bool,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let ids: Vec<u32> = (0..q)
-            .flat_map(|i| (0..k).map(move |j| relative_position_bucket(j as i64 - i as i64, bidirectional, c.relative_attention_num_buckets, c.relative_attention_max_distance) as u32))
+            .flat_map(|i| {
+                (0..k).map(move |j| {
+                    relative_position_bucket(
+                        j as i64 - i as i64,
+                        bidirectional,
+                        c.relative_attention_num_buckets,
+                        c.relative_attention_max_distance,
+                    ) as u32
+                })
+            })
             .collect();
         let ids = Tensor::from_vec(ids, q * k, dev)?;
-        table.index_select(&ids, 0)?.reshape((q, k, c.num_heads))?.permute((2, 0, 1))?.unsqueeze(0)
+        table
+            .index_select(&ids, 0)?
+            .reshape((q, k, c.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
     }
 }
 
@@ -316,7 +406,18 @@ fn load_stacks(ckpt: &T5Checkpoint) -> Result<(Stacks, Vec<T5Block>)> {
     for l in 0..c.decoder_layers() {
         blocks.push(T5Block::load(vb.pp("decoder").pp("block").pp(l), c, true)?);
     }
-    let table = |stack: &str| get(&vb.pp(stack).pp("block").pp(0).pp("layer").pp(0).pp("SelfAttention"), &[c.relative_attention_num_buckets, c.num_heads], "relative_attention_bias.weight");
+    let table = |stack: &str| {
+        get(
+            &vb.pp(stack)
+                .pp("block")
+                .pp(0)
+                .pp("layer")
+                .pp(0)
+                .pp("SelfAttention"),
+            &[c.relative_attention_num_buckets, c.num_heads],
+            "relative_attention_bias.weight",
+        )
+    };
     let stacks = Stacks {
         config: c.clone(),
         shared,
@@ -331,33 +432,65 @@ fn load_stacks(ckpt: &T5Checkpoint) -> Result<(Stacks, Vec<T5Block>)> {
 fn embed(shared: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, s) = ids.dims2()?;
     let vocab = shared.dim(0)?;
-    if let Some(bad) = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&t| t as usize >= vocab) {
-        return Err(ModelError::Input(format!("token id {bad} outside the vocabulary of {vocab}")));
+    if let Some(bad) = ids
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .find(|&t| t as usize >= vocab)
+    {
+        return Err(ModelError::Input(format!(
+            "token id {bad} outside the vocabulary of {vocab}"
+        )));
     }
-    Ok(shared.index_select(&ids.to_dtype(DType::U32)?.flatten_all()?, 0)?.reshape((b, s, shared.dim(1)?))?)
+    Ok(shared
+        .index_select(&ids.to_dtype(DType::U32)?.flatten_all()?, 0)?
+        .reshape((b, s, shared.dim(1)?))?)
 }
 
-fn forward(st: &Stacks, blocks: &[T5Block], petl: &propetl_runtime::PetlContext, ids: &Tensor, mask: &Tensor, dec_ids: &Tensor) -> Result<Tensor> {
+fn forward(
+    st: &Stacks,
+    blocks: &[T5Block],
+    petl: &propetl_runtime::PetlContext,
+    ids: &Tensor,
+    mask: &Tensor,
+    dec_ids: &Tensor,
+) -> Result<Tensor> {
     let c = &st.config;
     let dev = ids.device();
     if ids.dims() != mask.dims() {
-        return Err(ModelError::Input(format!("input_ids {:?} and attention_mask {:?} differ", ids.dims(), mask.dims())));
+        return Err(ModelError::Input(format!(
+            "input_ids {:?} and attention_mask {:?} differ",
+            ids.dims(),
+            mask.dims()
+        )));
     }
     let (b, s) = ids.dims2()?;
     let t = dec_ids.dim(1)?;
     let enc_mask = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
-    let enc_bias = st.position_bias(&st.enc_bias_table, s, s, true, dev)?.broadcast_add(&enc_mask)?;
+    let enc_bias = st
+        .position_bias(&st.enc_bias_table, s, s, true, dev)?
+        .broadcast_add(&enc_mask)?;
     let mut h = embed(&st.shared, ids)?;
     for (l, block) in blocks[..c.num_layers].iter().enumerate() {
         h = block.forward(&h, &enc_bias, None, petl.layer(l))?;
     }
     let enc_out = ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?;
-    let causal: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+    let causal: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 }))
+        .collect();
     let causal = Tensor::from_vec(causal, (1, 1, t, t), dev)?;
-    let dec_bias = st.position_bias(&st.dec_bias_table, t, t, false, dev)?.broadcast_add(&causal)?;
+    let dec_bias = st
+        .position_bias(&st.dec_bias_table, t, t, false, dev)?
+        .broadcast_add(&causal)?;
     let mut h = embed(&st.shared, dec_ids)?;
     for (l, block) in blocks[c.num_layers..].iter().enumerate() {
-        h = block.forward(&h, &dec_bias, Some((&enc_out, &enc_mask)), petl.layer(c.num_layers + l))?;
+        h = block.forward(
+            &h,
+            &dec_bias,
+            Some((&enc_out, &enc_mask)),
+            petl.layer(c.num_layers + l),
+        )?;
     }
     let dec_out = ops::rms_norm(&h, &st.dec_final, c.layer_norm_epsilon)?;
     let scaled = (dec_out * (c.d_model as f64).powf(-0.5))?;
@@ -371,7 +504,10 @@ pub fn label_smoothed_loss(logits: &Tensor, labels: &Tensor, eps: f64, pad: u32)
     let logp = ops::log_softmax_last_dim(&logits.reshape((b * t, v))?)?;
     let labels = labels.to_dtype(DType::U32)?.reshape(b * t)?;
     let keep = labels.ne(pad)?.to_dtype(DType::F32)?;
-    let safe = labels.to_dtype(DType::F32)?.mul(&keep)?.to_dtype(DType::U32)?;
+    let safe = labels
+        .to_dtype(DType::F32)?
+        .mul(&keep)?
+        .to_dtype(DType::U32)?;
     let nll = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let smooth = logp.sum(1)?.neg()?;
     let per = ((nll * (1.0 - eps))? + (smooth * (eps / v as f64))?)?;
@@ -442,16 +578,33 @@ pub fn spec(variant: &str) -> Result<PetlConfig> {
     match variant {
         "pro_adapter" => Ok(T5ProAdapter::PROPETL),
         "adapter" => Ok(T5Adapter::PROPETL),
-        other => Err(ModelError::Config(format!("unknown T5 variant `{other}` (pro_adapter, adapter)"))),
+        other => Err(ModelError::Config(format!(
+            "unknown T5 variant `{other}` (pro_adapter, adapter)"
+        ))),
     }
 }
 
 /// Build a T5 variant by name.
-pub fn build(variant: &str, ckpt: &T5Checkpoint, tasks: &[&str], overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Box<dyn T5Petl>> {
+pub fn build(
+    variant: &str,
+    ckpt: &T5Checkpoint,
+    tasks: &[&str],
+    overrides: &NumericOverrides,
+    varmap: &VarMap,
+    rng: &mut PetlRng,
+) -> Result<Box<dyn T5Petl>> {
     Ok(match variant {
-        "pro_adapter" => Box::new(T5ProAdapter::from_checkpoint(ckpt, tasks, overrides, varmap, rng)?),
-        "adapter" => Box::new(T5Adapter::from_checkpoint(ckpt, tasks, overrides, varmap, rng)?),
-        other => return Err(ModelError::Config(format!("unknown T5 variant `{other}` (pro_adapter, adapter)"))),
+        "pro_adapter" => Box::new(T5ProAdapter::from_checkpoint(
+            ckpt, tasks, overrides, varmap, rng,
+        )?),
+        "adapter" => Box::new(T5Adapter::from_checkpoint(
+            ckpt, tasks, overrides, varmap, rng,
+        )?),
+        other => {
+            return Err(ModelError::Config(format!(
+                "unknown T5 variant `{other}` (pro_adapter, adapter)"
+            )))
+        }
     })
 }
 
@@ -464,14 +617,52 @@ mod tests {
         // hand-computed from the formula (e.g. −100 unidirectional: 16 + ⌊ln(100/16)/ln(8)·16⌋ = 30);
         // the T5 parity fixtures check the whole bias against transformers
         let bi = |r| relative_position_bucket(r, true, 32, 128);
-        assert_eq!([bi(0), bi(1), bi(-1), bi(7), bi(-8), bi(20), bi(-20), bi(200)], [0, 17, 1, 23, 8, 26, 10, 31]);
+        assert_eq!(
+            [
+                bi(0),
+                bi(1),
+                bi(-1),
+                bi(7),
+                bi(-8),
+                bi(20),
+                bi(-20),
+                bi(200)
+            ],
+            [0, 17, 1, 23, 8, 26, 10, 31]
+        );
         let uni = |r| relative_position_bucket(r, false, 32, 128);
-        assert_eq!([uni(0), uni(3), uni(-3), uni(-15), uni(-16), uni(-100), uni(-1000)], [0, 0, 3, 15, 16, 30, 31]);
+        assert_eq!(
+            [
+                uni(0),
+                uni(3),
+                uni(-3),
+                uni(-15),
+                uni(-16),
+                uni(-100),
+                uni(-1000)
+            ],
+            [0, 0, 3, 15, 16, 30, 31]
+        );
     }
 
     #[test]
     fn t5_base_storage_matches_method_page() {
-        let c = T5Config { model_type: "t5".into(), vocab_size: 32128, d_model: 768, d_kv: 64, d_ff: 3072, num_layers: 12, num_decoder_layers: None, num_heads: 12, relative_attention_num_buckets: 32, relative_attention_max_distance: 128, layer_norm_epsilon: 1e-6, feed_forward_proj: "relu".into(), tie_word_embeddings: true, pad_token_id: 0 };
+        let c = T5Config {
+            model_type: "t5".into(),
+            vocab_size: 32128,
+            d_model: 768,
+            d_kv: 64,
+            d_ff: 3072,
+            num_layers: 12,
+            num_decoder_layers: None,
+            num_heads: 12,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+            tie_word_embeddings: true,
+            pad_token_id: 0,
+        };
         let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
         let plan = propetl_runtime::Plan::new(&T5ProAdapter::PROPETL, &c.layout(&tasks)).unwrap();
         let r = propetl_runtime::StorageReport::from_plan(&plan, c.backbone_params(), 0).unwrap();
