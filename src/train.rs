@@ -101,28 +101,8 @@ pub fn collate(
     regression: bool,
     dev: &Device,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let len = batch
-        .iter()
-        .map(|e| e.ids.len().min(max_len))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut ids = Vec::with_capacity(batch.len() * len);
-    let mut mask = Vec::with_capacity(batch.len() * len);
-    for e in batch {
-        let mut s = e.ids.clone();
-        if s.len() > len {
-            let last = *s.last().expect("non-empty");
-            s.truncate(len);
-            s[len - 1] = last;
-        }
-        let n = s.len();
-        ids.extend(s);
-        ids.extend(std::iter::repeat_n(pad, len - n));
-        mask.extend(std::iter::repeat_n(1u32, n));
-        mask.extend(std::iter::repeat_n(0u32, len - n));
-    }
-    let shape = (batch.len(), len);
+    let seqs: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
+    let (ids, mask) = propetl_models::tokenizer::pad_batch(&seqs, max_len, pad, dev)?;
     let labels = if regression {
         Tensor::from_vec(
             batch.iter().map(|e| e.label).collect::<Vec<_>>(),
@@ -136,11 +116,7 @@ pub fn collate(
             dev,
         )?
     };
-    Ok((
-        Tensor::from_vec(ids, shape, dev)?,
-        Tensor::from_vec(mask, shape, dev)?,
-        labels,
-    ))
+    Ok((ids, mask, labels))
 }
 
 /// Predictions (class index, or the regression value) of a model on `data`.

@@ -229,16 +229,7 @@ impl Checkpoint {
         // SAFETY: the file is memory-mapped read-only; it must not be modified while in use.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
-        let prefix = ["roberta.", "bert.", ""]
-            .into_iter()
-            .find(|p| vb.contains_tensor(&format!("{p}embeddings.word_embeddings.weight")))
-            .ok_or_else(|| {
-                ModelError::Weights(format!(
-                    "{}: no `embeddings.word_embeddings.weight` (with prefix roberta./bert./none): not a BERT-family checkpoint",
-                    weights.display()
-                ))
-            })?
-            .to_string();
+        let prefix = detect_prefix(|n| vb.contains_tensor(n), &weights.display().to_string())?;
         Ok(Self {
             dir,
             config,
@@ -259,15 +250,7 @@ impl Checkpoint {
         let config = RobertaConfig::from_json(config_json)?;
         let vb = VarBuilder::from_buffered_safetensors(safetensors, DType::F32, device)
             .map_err(|e| ModelError::Weights(e.to_string()))?;
-        let prefix = ["roberta.", "bert.", ""]
-            .into_iter()
-            .find(|p| vb.contains_tensor(&format!("{p}embeddings.word_embeddings.weight")))
-            .ok_or_else(|| {
-                ModelError::Weights(
-                    "no `embeddings.word_embeddings.weight`: not a BERT-family checkpoint".into(),
-                )
-            })?
-            .to_string();
+        let prefix = detect_prefix(|n| vb.contains_tensor(n), "in-memory checkpoint")?;
         Ok(Self {
             dir: PathBuf::new(),
             config,
@@ -284,11 +267,7 @@ impl Checkpoint {
         tensors: std::collections::HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        let prefix = ["roberta.", "bert.", ""]
-            .into_iter()
-            .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
-            .ok_or_else(|| ModelError::Weights("no `embeddings.word_embeddings.weight`".into()))?
-            .to_string();
+        let prefix = detect_prefix(|n| tensors.contains_key(n), "in-memory tensors")?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Ok(Self {
             dir: PathBuf::new(),
@@ -384,6 +363,16 @@ impl Checkpoint {
             self.device(),
         )
     }
+}
+
+/// The weight-name prefix (`roberta.`, `bert.` or none) under which `has` finds the word
+/// embeddings.
+fn detect_prefix(has: impl Fn(&str) -> bool, source: &str) -> Result<String> {
+    ["roberta.", "bert.", ""]
+        .into_iter()
+        .find(|p| has(&format!("{p}embeddings.word_embeddings.weight")))
+        .map(String::from)
+        .ok_or_else(|| ModelError::Weights(format!("{source}: no `embeddings.word_embeddings.weight` (with prefix roberta./bert./none): not a BERT-family checkpoint")))
 }
 
 /// Fetch a frozen tensor with a clear error naming it and the expected shape.

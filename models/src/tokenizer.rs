@@ -18,23 +18,20 @@ pub struct EncoderTokenizer {
 impl EncoderTokenizer {
     /// Load `tokenizer.json`.
     pub fn from_file(path: &Path, pad_id: u32, device: &Device) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path)
+        let inner = Tokenizer::from_file(path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-        inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(Self {
-            inner,
-            pad_id,
-            device: device.clone(),
-        })
+        Self::new(inner, pad_id, device)
     }
 
     /// Load from the bytes of a `tokenizer.json`.
     pub fn from_bytes(bytes: &[u8], pad_id: u32, device: &Device) -> Result<Self> {
-        let mut inner =
+        let inner =
             Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Self::new(inner, pad_id, device)
+    }
+
+    /// Turn off any padding/truncation baked into the file: batches are padded here.
+    fn new(mut inner: Tokenizer, pad_id: u32, device: &Device) -> Result<Self> {
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -67,37 +64,12 @@ impl EncoderTokenizer {
     }
 
     /// Pad/truncate id sequences into `(input_ids [B,S] u32, attention_mask [B,S] u32)`.
-    /// Truncation keeps the final token (the separator).
     pub fn batch(&self, seqs: &[Vec<u32>], max_len: usize) -> Result<(Tensor, Tensor)> {
         if seqs.is_empty() {
             return Err(ModelError::Input("empty batch".into()));
         }
-        let len = seqs
-            .iter()
-            .map(|s| s.len().min(max_len))
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let mut ids = Vec::with_capacity(seqs.len() * len);
-        let mut mask = Vec::with_capacity(seqs.len() * len);
-        for s in seqs {
-            let mut s = s.clone();
-            if s.len() > len {
-                let last = *s.last().expect("non-empty");
-                s.truncate(len);
-                s[len - 1] = last;
-            }
-            let n = s.len();
-            ids.extend(s);
-            ids.extend(std::iter::repeat_n(self.pad_id, len - n));
-            mask.extend(std::iter::repeat_n(1u32, n));
-            mask.extend(std::iter::repeat_n(0u32, len - n));
-        }
-        let shape = (seqs.len(), len);
-        Ok((
-            Tensor::from_vec(ids, shape, &self.device)?,
-            Tensor::from_vec(mask, shape, &self.device)?,
-        ))
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        pad_batch(&refs, max_len, self.pad_id, &self.device)
     }
 
     /// Encode and batch texts.
@@ -108,4 +80,38 @@ impl EncoderTokenizer {
             .collect::<Result<Vec<_>>>()?;
         self.batch(&seqs, max_len)
     }
+}
+
+/// Pad id sequences to the longest one (at most `max_len`) into `(input_ids [B,S] u32,
+/// attention_mask [B,S] u32)`. Truncation keeps the final token (the separator).
+pub fn pad_batch(
+    seqs: &[&[u32]],
+    max_len: usize,
+    pad: u32,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let len = seqs
+        .iter()
+        .map(|s| s.len().min(max_len))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut ids = Vec::with_capacity(seqs.len() * len);
+    let mut mask = Vec::with_capacity(seqs.len() * len);
+    for s in seqs {
+        let n = s.len().min(len);
+        ids.extend_from_slice(&s[..n]);
+        if s.len() > len {
+            let last = ids.len() - 1;
+            ids[last] = *s.last().expect("non-empty");
+        }
+        ids.extend(std::iter::repeat_n(pad, len - n));
+        mask.extend(std::iter::repeat_n(1u32, n));
+        mask.extend(std::iter::repeat_n(0u32, len - n));
+    }
+    let shape = (seqs.len(), len);
+    Ok((
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
+    ))
 }

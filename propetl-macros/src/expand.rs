@@ -118,12 +118,12 @@ pub fn expand(spec: &Spec, model: &ModelStruct) -> TokenStream {
     let get = quote_spanned!(state.ty.span()=> #k::StateField::as_state(&self.#sm));
     let get_mut = quote_spanned!(state.ty.span()=> #k::StateField::as_state_mut(&mut self.#sm));
     let inherent = inherent_const(spec, model);
-    let config = config_expr(spec);
     quote! {
         #item
         #inherent
         impl #ig #k::ProPetlModel for #name #tg #wc {
-            const PROPETL: #k::PetlConfig = #config;
+            // the inherent const (inherent items take precedence over trait items)
+            const PROPETL: #k::PetlConfig = Self::PROPETL;
             fn petl(&self) -> &#k::PetlState {
                 #get
             }

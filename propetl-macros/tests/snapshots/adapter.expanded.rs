@@ -18,17 +18,7 @@ impl Encoder {
     };
 }
 impl ::propetl::runtime::ProPetlModel for Encoder {
-    const PROPETL: ::propetl::runtime::PetlConfig = ::propetl::runtime::PetlConfig {
-        method: ::propetl::runtime::Method::Adapter {
-            size: ::propetl::runtime::AdapterSize::Reduction(12usize),
-            activation: ::propetl::runtime::Activation::Relu,
-            init_std: 0.02f64,
-        },
-        share: ::propetl::runtime::Share::Layers,
-        mask: ::propetl::runtime::MaskKind::Binary,
-        combine: ::propetl::runtime::Combine::Or,
-        keep: 0.5f64,
-    };
+    const PROPETL: ::propetl::runtime::PetlConfig = Self::PROPETL;
     fn petl(&self) -> &::propetl::runtime::PetlState {
         ::propetl::runtime::StateField::as_state(&self.petl)
     }

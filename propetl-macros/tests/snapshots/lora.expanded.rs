@@ -19,19 +19,7 @@ impl<B> Encoder<B> {
     };
 }
 impl<B> propetl_runtime::ProPetlModel for Encoder<B> {
-    const PROPETL: propetl_runtime::PetlConfig = propetl_runtime::PetlConfig {
-        method: propetl_runtime::Method::Lora {
-            r: 32usize,
-            alpha: 48f64,
-            targets: ::std::borrow::Cow::Borrowed(
-                &[propetl_runtime::LoraTarget::Q, propetl_runtime::LoraTarget::V],
-            ),
-        },
-        share: propetl_runtime::Share::Layers,
-        mask: propetl_runtime::MaskKind::Binary,
-        combine: propetl_runtime::Combine::Or,
-        keep: 0.1f64,
-    };
+    const PROPETL: propetl_runtime::PetlConfig = Self::PROPETL;
     fn petl(&self) -> &propetl_runtime::PetlState {
         propetl_runtime::StateField::as_state(&self.petl)
     }

@@ -16,16 +16,7 @@ impl Encoder {
     };
 }
 impl ::propetl::runtime::ProPetlModel for Encoder {
-    const PROPETL: ::propetl::runtime::PetlConfig = ::propetl::runtime::PetlConfig {
-        method: ::propetl::runtime::Method::Prefix {
-            length: 64usize,
-            hidden: 512usize,
-        },
-        share: ::propetl::runtime::Share::LayersTasks,
-        mask: ::propetl::runtime::MaskKind::Binary,
-        combine: ::propetl::runtime::Combine::Or,
-        keep: 0.1f64,
-    };
+    const PROPETL: ::propetl::runtime::PetlConfig = Self::PROPETL;
     fn petl(&self) -> &::propetl::runtime::PetlState {
         ::propetl::runtime::StateField::as_state(&self.petl)
     }
