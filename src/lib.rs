@@ -5,6 +5,9 @@
 //! across all layers (and tasks); each layer learns a binary mask that selects a sub-network of
 //! it. Masks cost one bit per entry, so a task costs ~10% of an ordinary adapter's storage.
 //!
+//! A sketch (`ignore`: `Block` is yours); `examples/custom_transformer.rs` is the runnable,
+//! tested version:
+//!
 //! ```ignore
 //! use propetl::prelude::*;
 //!

@@ -10,7 +10,7 @@
 //! ```no_run
 //! use propetl_models::roberta::{Checkpoint, RobertaProAdapter, RobertaPetl};
 //! use propetl_runtime::{PetlRng, NumericOverrides};
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ckpt = Checkpoint::open("tiny-roberta", &candle_core::Device::Cpu)?;
 //! let varmap = candle_nn::VarMap::new();
 //! let model = RobertaProAdapter::from_checkpoint(&ckpt, 3, &NumericOverrides::default(), &varmap, &mut PetlRng::seed(42))?;

@@ -11,12 +11,15 @@
 //! ```no_run
 //! use propetl_models::t5::{T5Checkpoint, T5ProAdapter, T5Petl};
 //! use propetl_runtime::{NumericOverrides, PetlRng};
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ckpt = T5Checkpoint::open("t5-base", &candle_core::Device::Cpu)?;
 //! let varmap = candle_nn::VarMap::new();
 //! let tasks = ["rte", "sst2", "cola"];
 //! let model = T5ProAdapter::from_checkpoint(&ckpt, &tasks, &NumericOverrides::default(), &varmap, &mut PetlRng::seed(42))?;
-//! # let (ids, mask, dec) = todo!();
+//! // token ids of "sst2 sentence: ...", its attention mask, and the decoder inputs
+//! let ids = candle_core::Tensor::new(&[[834u32, 7, 1]], ckpt.device())?;
+//! let mask = candle_core::Tensor::new(&[[1u32, 1, 1]], ckpt.device())?;
+//! let dec = candle_core::Tensor::new(&[[0u32]], ckpt.device())?;
 //! let logits = model.logits(&ids, &mask, &dec, "sst2")?;
 //! # Ok(()) }
 //! ```

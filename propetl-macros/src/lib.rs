@@ -1,5 +1,8 @@
 //! The `#[propetl(...)]` attribute: describe a ProPETL model at compile time.
 //!
+//! A sketch (`ignore`: this crate cannot depend on the runtime it targets); the runnable
+//! version is `examples/custom_transformer.rs` of the `propetl` crate:
+//!
 //! ```ignore
 //! use propetl::prelude::*;
 //!
