@@ -286,3 +286,59 @@ fn the_cli_trains_from_a_config_file_and_evaluates_the_run() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn the_cli_parity_command_checks_fixtures_and_fails_on_a_mismatch() {
+    let bin = env!("CARGO_BIN_EXE_propetl");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ok = std::process::Command::new(bin)
+        .arg("parity")
+        .arg(fixtures.join("roberta-pro_adapter-s0"))
+        .arg(fixtures.join("t5-pro_adapter-s0"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("PASS") && out.contains("grad:adapter.down.weight"),
+        "{out}"
+    );
+    // a fixture whose expected logits were altered must fail
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("fx");
+    std::fs::create_dir_all(copy.join("ckpt")).unwrap();
+    let src = fixtures.join("roberta-pro_lora-s0");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let e = entry.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join("ckpt").join(f), copy.join("ckpt").join(f)).unwrap();
+    }
+    let outputs =
+        candle_core::safetensors::load(copy.join("outputs.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut outputs: std::collections::HashMap<String, candle_core::Tensor> =
+        outputs.into_iter().collect();
+    let logits = outputs["logits"].affine(1.001, 0.0).unwrap();
+    outputs.insert("logits".into(), logits);
+    candle_core::safetensors::save(&outputs, copy.join("outputs.safetensors")).unwrap();
+    let bad = std::process::Command::new(bin)
+        .arg("parity")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("FAIL   logits")
+            || String::from_utf8_lossy(&bad.stdout).contains("FAIL logits"),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+}

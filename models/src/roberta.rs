@@ -1054,3 +1054,29 @@ pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub fn method_of(v: Variant) -> Method {
     v.spec().method
 }
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    /// Method page §6 through the annotated model types' compile-time specs.
+    #[test]
+    fn roberta_base_storage_of_every_variant() {
+        let cfg = RobertaConfig::roberta_base();
+        let expect = [
+            (Variant::ProAdapter, 136_000.0, "0.109"),
+            (Variant::ProLora, 135_168.0, "0.108"),
+            (Variant::ProPrefix, 135_168.0, "0.108"),
+            (Variant::Adapter, 1_189_632.0, "0.954"),
+            (Variant::Lora, 1_179_648.0, "0.946"),
+            (Variant::Prefix, 1_179_648.0, "0.946"),
+        ];
+        for (v, floats, pct) in expect {
+            let plan = propetl_runtime::Plan::new(&v.spec(), &cfg.layout()).unwrap();
+            let r =
+                propetl_runtime::StorageReport::from_plan(&plan, cfg.backbone_params(), 0).unwrap();
+            assert_eq!(r.float32_equivalents, floats, "{v:?}");
+            assert_eq!(format!("{:.3}", r.percent_of_backbone), pct, "{v:?}");
+        }
+    }
+}
