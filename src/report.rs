@@ -181,3 +181,44 @@ pub fn draw(runs: &[(PathBuf, RunReport)], out: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
+
+/// A text table of the runs' test metrics; when the runs cover all eight GLUE tasks, the
+/// 11-number GLUE average of each variant (method page §4).
+pub fn table(runs: &[(PathBuf, RunReport)]) -> String {
+    use std::collections::BTreeMap;
+    let mut out = format!(
+        "{:<16} {:<12} {:>6} {:>14} {:>10}  test metrics\n",
+        "task", "variant", "epoch", "float32-equiv.", "% backbone"
+    );
+    let mut by_variant: BTreeMap<&str, BTreeMap<crate::data::GlueTask, BTreeMap<String, f64>>> =
+        BTreeMap::new();
+    for (_, r) in runs {
+        let metrics = r
+            .test
+            .iter()
+            .filter(|(k, _)| *k != "selection")
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out += &format!(
+            "{:<16} {:<12} {:>6} {:>14.0} {:>9.3}%  {metrics}\n",
+            r.task,
+            r.variant,
+            r.best_epoch,
+            r.storage.float32_equivalents,
+            r.storage.percent_of_backbone
+        );
+        if let Ok(t) = crate::data::GlueTask::parse(&r.task) {
+            by_variant
+                .entry(r.variant.as_str())
+                .or_default()
+                .insert(t, r.test.clone());
+        }
+    }
+    for (variant, tasks) in by_variant {
+        if let Some(avg) = crate::metrics::glue_average(&tasks) {
+            out += &format!("GLUE average ({variant}, 11 numbers): {avg:.2}\n");
+        }
+    }
+    out
+}

@@ -24,6 +24,7 @@ fn quick(task: &str, variant: &str, epochs: usize) -> RunConfig {
 #[test]
 fn every_glue_task_trains_and_reports_its_metrics() {
     let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
     for t in GlueTask::ALL {
         let report = run(
             &quick(t.name(), "pro_adapter", 1),
@@ -56,7 +57,15 @@ fn every_glue_task_trains_and_reports_its_metrics() {
         ] {
             assert!(dir.path().join(t.name()).join(f).exists(), "{t:?}: no {f}");
         }
+        runs.push(dir.path().join(t.name()));
     }
+    // all eight tasks of one variant: the report gives the 11-number GLUE average
+    let loaded = propetl::report::load_runs(&runs).unwrap();
+    let table = propetl::report::table(&loaded);
+    assert!(
+        table.contains("GLUE average (pro_adapter, 11 numbers)"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -344,6 +344,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Report { runs, out } => {
             let loaded = propetl::report::load_runs(&runs)?;
+            print!("{}", propetl::report::table(&loaded));
             propetl::report::draw(&loaded, &out)?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
