@@ -6,5 +6,6 @@ pub mod error;
 pub mod roberta;
 pub mod t5;
 pub mod tokenizer;
+mod weights;
 
 pub use error::{ModelError, Result};

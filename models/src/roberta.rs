@@ -220,15 +220,7 @@ impl Checkpoint {
         let dir = dir.as_ref().to_path_buf();
         let config = RobertaConfig::from_file(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            return Err(ModelError::io(
-                &weights,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found"),
-            ));
-        }
-        // SAFETY: the file is memory-mapped read-only; it must not be modified while in use.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
+        let vb = crate::weights::mmap_safetensors(&weights, device)?;
         let prefix = detect_prefix(|n| vb.contains_tensor(n), &weights.display().to_string())?;
         Ok(Self {
             dir,

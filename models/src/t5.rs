@@ -175,15 +175,7 @@ impl T5Checkpoint {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
         let config = T5Config::from_json(&text)?;
         let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            return Err(ModelError::io(
-                &weights,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found"),
-            ));
-        }
-        // SAFETY: read-only memory map; the file must not change while in use.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
+        let vb = crate::weights::mmap_safetensors(&weights, device)?;
         if !vb.contains_tensor("shared.weight") {
             return Err(ModelError::Weights(format!(
                 "{}: no `shared.weight`: not a T5 checkpoint",
