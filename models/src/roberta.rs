@@ -30,8 +30,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use propetl_macros::propetl;
 use propetl_runtime::{
-    ops, LayerPetl, LoraTarget, Method, NumericOverrides, PetlConfig, PetlContext, PetlLayout,
-    PetlRng, PetlState, ProPetlModel,
+    ops, LayerPetl, LoraTarget, NumericOverrides, PetlConfig, PetlContext, PetlLayout, PetlRng,
+    PetlState, ProPetlModel,
 };
 use serde::Deserialize;
 
@@ -1040,11 +1040,6 @@ pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
         .sqrt()?
         .clamp(1e-12, f64::MAX)?;
     Ok(mean.broadcast_div(&norm)?)
-}
-
-/// The unused-method guard: the method of a variant is known at compile time.
-pub fn method_of(v: Variant) -> Method {
-    v.spec().method
 }
 
 #[cfg(test)]
