@@ -320,6 +320,13 @@ impl Harness<'_> {
     }
 }
 
+fn input(inputs: &BTreeMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    inputs
+        .get(name)
+        .cloned()
+        .ok_or_else(|| anyhow!("inputs.safetensors: no `{name}`"))
+}
+
 fn read_settings(dir: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(
         &std::fs::read_to_string(dir.join("settings.json"))
@@ -421,12 +428,7 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
         }
     }
     let inputs = load_st(&dir.join("inputs.safetensors"), &dev)?;
-    let need = |k: &str| {
-        inputs
-            .get(k)
-            .cloned()
-            .ok_or_else(|| anyhow!("inputs: no {k}"))
-    };
+    let need = |k: &str| input(&inputs, k);
     let (ids, mask, dec, labels) = (
         need("input_ids")?,
         need("attention_mask")?,
@@ -520,12 +522,7 @@ fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityRepor
     h.load_params()?;
     h.masks(&model.state().hard_masks()?, true)?;
     let inputs = load_st(&dir.join("inputs.safetensors"), &dev)?;
-    let need = |k: &str| {
-        inputs
-            .get(k)
-            .cloned()
-            .ok_or_else(|| anyhow!("inputs: no {k}"))
-    };
+    let need = |k: &str| input(&inputs, k);
     let (ids, mask, labels) = (need("input_ids")?, need("attention_mask")?, need("labels")?);
     let mut forward = || -> Result<Outputs> {
         let (hidden, logits) = model.forward(&ids, &mask, None)?;

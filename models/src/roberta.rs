@@ -103,19 +103,11 @@ impl RobertaConfig {
 
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
-        let mt = raw
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("<missing>");
-        if !matches!(mt, "roberta" | "bert" | "xlm-roberta" | "camembert") {
-            return Err(ModelError::Config(format!(
-                "unsupported model_type `{mt}`: this encoder loads BERT-family checkpoints (roberta, bert, xlm-roberta, camembert)"
-            )));
-        }
-        let cfg: Self = serde_json::from_value(raw)
-            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let cfg: Self = crate::weights::parse_hf_config(
+            text,
+            &["roberta", "bert", "xlm-roberta", "camembert"],
+            "this encoder loads BERT-family checkpoints",
+        )?;
         cfg.activation()?;
         if cfg.hidden_size == 0
             || cfg.num_attention_heads == 0

@@ -95,19 +95,8 @@ pub struct T5Config {
 impl T5Config {
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config(format!("malformed config.json: {e}")))?;
-        let mt = raw
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("<missing>");
-        if mt != "t5" {
-            return Err(ModelError::Config(format!(
-                "unsupported model_type `{mt}`: this model loads T5 checkpoints"
-            )));
-        }
-        let c: Self = serde_json::from_value(raw)
-            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let c: Self =
+            crate::weights::parse_hf_config(text, &["t5"], "this model loads T5 checkpoints")?;
         if !matches!(c.feed_forward_proj.as_str(), "relu" | "gelu") {
             return Err(ModelError::Config(format!("unsupported feed_forward_proj `{}` (relu or gelu; gated T5 v1.1 FFNs are not supported)", c.feed_forward_proj)));
         }
