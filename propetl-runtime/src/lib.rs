@@ -24,6 +24,7 @@ pub mod mask;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod overrides;
 pub mod plan;
 pub mod rng;
 pub mod spec;
@@ -32,7 +33,8 @@ pub mod storage;
 
 pub use error::{LoadErrorKind, PetlError, Result};
 pub use io::{LoadedState, Manifest};
-pub use model::{LayerStack, NumericOverrides, ProPetlModel, StateField};
+pub use model::{LayerStack, ProPetlModel, StateField};
+pub use overrides::NumericOverrides;
 pub use optim::{clip_grad_norm, reference_groups, AdamW, GroupHyper, ParamGroup, Role, Schedule};
 pub use plan::{PetlLayout, Plan};
 pub use rng::PetlRng;

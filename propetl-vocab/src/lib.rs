@@ -1,0 +1,1 @@
+//! The ProPETL vocabulary (filled in by the vocabulary work).
