@@ -4,10 +4,12 @@
 use anyhow::Result;
 use candle_core::Device;
 use candle_nn::VarMap;
-use propetl_models::roberta::{Checkpoint, RobertaConfig, Variant};
-use propetl_runtime::{NumericOverrides, PetlRng, StorageReport};
+use propetl_models::roberta::{self, Checkpoint, RobertaConfig};
+use propetl_runtime::{Example, NumericOverrides, PetlRng, StorageReport, TaskKind, Variant};
 
-use crate::train::{metric, train, EpochLog, Example, TrainConfig, TrainData};
+use crate::train::{
+    evaluate, train, EpochLog, EvalSettings, TrainConfig, TrainData, TrainObserver,
+};
 
 /// A tiny RoBERTa shape: 2 layers, hidden 64, 4 heads, FFN 128, vocabulary 100.
 pub fn tiny_config() -> RobertaConfig {
@@ -63,27 +65,55 @@ pub struct DemoRun {
     pub storage: StorageReport,
 }
 
-/// Train one variant on the synthetic task.
+/// Train one variant on the synthetic task; `observer` sees the progress.
 pub fn run_variant(
     variant: Variant,
-    epochs: usize,
-    seed: u64,
-    lr: f64,
-    mask_lr: f64,
-    progress: bool,
+    cfg: &TrainConfig,
+    observer: &mut dyn TrainObserver,
 ) -> Result<DemoRun> {
     let dev = Device::Cpu;
     let ckpt = Checkpoint::random(tiny_config(), 0.05, &mut PetlRng::seed(7), &dev)?;
-    let data = majority_task(1200, seed);
+    let data = majority_task(1200, cfg.seed);
     let (train_set, rest) = data.split_at(800);
     let (eval_set, test_set) = rest.split_at(200);
-    let varmap = VarMap::new();
     let overrides = NumericOverrides {
         reduction: matches!(variant, Variant::ProAdapter | Variant::Adapter).then_some(4),
         ..Default::default()
     };
-    let mut model = variant.build(&ckpt, 2, &overrides, &varmap, &mut PetlRng::seed(seed))?;
-    let cfg = TrainConfig {
+    let mut model = roberta::build(
+        variant,
+        &ckpt,
+        TaskKind::Classification { num_labels: 2 },
+        &overrides,
+        &VarMap::new(),
+        &mut PetlRng::seed(cfg.seed),
+    )?;
+    let data = TrainData {
+        train: train_set,
+        eval: eval_set,
+        task: "default",
+        glue: None,
+    };
+    let epochs = train(model.as_mut(), &data, cfg, observer)?;
+    model.materialize_for_inference()?;
+    let how = EvalSettings {
+        batch_size: 64,
+        max_len: cfg.max_len,
+        task: "default",
+        glue: None,
+    };
+    let test_accuracy = evaluate(model.as_ref(), test_set, &how)?.selection;
+    Ok(DemoRun {
+        variant: variant.name().into(),
+        epochs,
+        test_accuracy,
+        storage: model.storage()?,
+    })
+}
+
+/// The demo's training settings: `epochs` epochs, batch 32, at most 64 tokens, 10% warmup.
+pub fn demo_config(epochs: usize, seed: u64, lr: f64, mask_lr: f64) -> TrainConfig {
+    TrainConfig {
         epochs,
         batch_size: 32,
         max_len: 64,
@@ -91,31 +121,7 @@ pub fn run_variant(
         mask_lr,
         warmup_ratio: 0.1,
         seed,
-        progress,
+        progress: false,
         ..Default::default()
-    };
-    let data = TrainData {
-        train: train_set,
-        eval: eval_set,
-        pad: 1,
-        task: None,
-    };
-    let epochs = train(model.as_mut(), &varmap, &data, &cfg, |_, log| {
-        println!(
-            "  [{}] epoch {:>2}  train loss {:.4}  eval accuracy {:.1}",
-            variant.name(),
-            log.epoch,
-            log.train_loss,
-            log.eval_metric
-        );
-        Ok(())
-    })?;
-    model.state_mut().merge()?;
-    let test_accuracy = metric(model.as_ref(), test_set, 64, 64, 1)?;
-    Ok(DemoRun {
-        variant: variant.name().into(),
-        epochs,
-        test_accuracy,
-        storage: model.storage()?,
-    })
+    }
 }

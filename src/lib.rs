@@ -25,16 +25,20 @@
 //! let a = ctx.layer(l).adapter(&z)?;
 //! ```
 //!
-//! Crates: [`runtime`] (masks, prototypes, optimizer, storage, save/load), the
-//! [`propetl`] attribute (from `propetl-macros`), and [`models`] (RoBERTa/BERT).
+//! Crates: [`runtime`] (masks, prototypes, optimizer, storage, save/load, the
+//! [`TaskModel`](runtime::TaskModel) interface), the [`propetl`] attribute (from
+//! `propetl-macros`), and [`models`] (RoBERTa/BERT, T5). This crate adds the trainer
+//! ([`train()`]), data loaders, metrics and run directories; it prints nothing (progress goes
+//! to a [`TrainObserver`]). The `propetl` command line lives in `propetl-cli`.
 
 pub mod data;
 pub mod demo;
 pub mod metrics;
-pub mod parity;
-pub mod report;
 pub mod run;
 pub mod train;
+
+pub use run::{RunConfig, RunReport, Task};
+pub use train::{train, TrainConfig, TrainData, TrainObserver};
 
 pub use propetl_macros::propetl;
 pub use propetl_models as models;
@@ -43,9 +47,11 @@ pub use propetl_runtime as runtime;
 /// Everything a model file needs.
 pub mod prelude {
     pub use crate::propetl;
+    pub use crate::train::{TrainConfig, TrainData};
     pub use propetl_runtime::{
-        ops, AdamW, Combine, GroupHyper, LayerPetl, LoraTarget, MaskKind, Method, NumericOverrides,
-        PetlConfig, PetlContext, PetlLayout, PetlRng, PetlState, ProPetlModel, Schedule, Share,
-        StorageReport,
+        ops, AdamW, Batch, Combine, Example, ForwardMode, GroupHyper, LayerPetl, LoraTarget,
+        MaskKind, Method, NumericOverrides, PetlConfig, PetlContext, PetlLayout, PetlRng,
+        PetlSites, PetlSpec, PetlState, Prediction, ProPetlModel, Role, Schedule, Share, Sites,
+        StorageReport, TaskKind, TaskModel, Trainable,
     };
 }

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::data::GlueTask;
 
 /// Fraction of exact matches.
@@ -95,54 +97,110 @@ pub fn spearman(x: &[f32], y: &[f32]) -> f64 {
     pearson64(&ranks(x), &ranks(y))
 }
 
-/// The metrics of a task on predictions (class indices, or scores for STS-B), ×100, plus
-/// `selection`: the number model selection maximizes (the task metric, or the mean of the two
-/// for MRPC, QQP and STS-B: the "combined score").
+/// The metrics of an evaluation (×100). Only the metrics of the task are present; `selection`
+/// is the number model selection maximizes (the task metric, or the mean of the two for MRPC,
+/// QQP and STS-B: the "combined score"). NaN (e.g. a correlation of constant predictions) is
+/// written as `null` in JSON and read back as NaN.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Binary F1 of the positive class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
+    /// Matthews correlation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc: Option<f64>,
+    /// Pearson correlation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pearson: Option<f64>,
+    /// Spearman correlation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spearman: Option<f64>,
+    /// The model-selection number.
+    #[serde(with = "nan_as_null")]
+    pub selection: f64,
+}
+
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+impl Metrics {
+    /// The reported numbers of the task, by name (`selection` excluded).
+    pub fn numbers(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("accuracy", self.accuracy),
+            ("f1", self.f1),
+            ("mcc", self.mcc),
+            ("pearson", self.pearson),
+            ("spearman", self.spearman),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+
+    /// `accuracy 81.20, f1 85.00`-style summary.
+    pub fn summary(&self) -> String {
+        self.numbers()
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The metrics of a task on predictions (class indices, or scores for STS-B/regression).
 pub fn task_metrics(
     task: Option<GlueTask>,
     regression: bool,
     pred: &[f32],
     gold: &[f32],
-) -> BTreeMap<String, f64> {
-    let mut m = BTreeMap::new();
+) -> Metrics {
     let pct = |v: f64| 100.0 * v;
+    let mut m = Metrics::default();
     match task {
-        Some(GlueTask::Cola) => {
-            m.insert("mcc".into(), pct(matthews(pred, gold)));
-        }
+        Some(GlueTask::Cola) => m.mcc = Some(pct(matthews(pred, gold))),
         Some(GlueTask::Mrpc) | Some(GlueTask::Qqp) => {
-            m.insert("accuracy".into(), pct(accuracy(pred, gold)));
-            m.insert("f1".into(), pct(f1(pred, gold)));
+            m.accuracy = Some(pct(accuracy(pred, gold)));
+            m.f1 = Some(pct(f1(pred, gold)));
         }
         Some(GlueTask::Stsb) => {
-            m.insert("pearson".into(), pct(pearson(pred, gold)));
-            m.insert("spearman".into(), pct(spearman(pred, gold)));
+            m.pearson = Some(pct(pearson(pred, gold)));
+            m.spearman = Some(pct(spearman(pred, gold)));
         }
         _ if regression => {
-            m.insert("pearson".into(), pct(pearson(pred, gold)));
-            m.insert("spearman".into(), pct(spearman(pred, gold)));
+            m.pearson = Some(pct(pearson(pred, gold)));
+            m.spearman = Some(pct(spearman(pred, gold)));
         }
-        _ => {
-            m.insert("accuracy".into(), pct(accuracy(pred, gold)));
-        }
+        _ => m.accuracy = Some(pct(accuracy(pred, gold))),
     }
-    let selection = m.values().sum::<f64>() / m.len() as f64;
-    m.insert("selection".into(), selection);
+    let numbers = m.numbers();
+    m.selection = numbers.iter().map(|(_, v)| v).sum::<f64>() / numbers.len() as f64;
     m
 }
 
 /// The reported GLUE average: the mean of the 11 numbers (CoLA MCC; SST-2, MNLI, QNLI, RTE
 /// accuracy; MRPC and QQP accuracy and F1; STS-B Pearson and Spearman). `None` unless all
 /// eight tasks are present.
-pub fn glue_average(per_task: &BTreeMap<GlueTask, BTreeMap<String, f64>>) -> Option<f64> {
+pub fn glue_average(per_task: &BTreeMap<GlueTask, Metrics>) -> Option<f64> {
     let mut numbers = Vec::new();
     for t in GlueTask::ALL {
-        let m = per_task.get(&t)?;
-        for (k, v) in m {
-            if k != "selection" {
-                numbers.push(*v);
-            }
-        }
+        numbers.extend(per_task.get(&t)?.numbers().into_iter().map(|(_, v)| v));
     }
     (numbers.len() == 11).then(|| numbers.iter().sum::<f64>() / 11.0)
 }
@@ -184,30 +242,38 @@ mod tests {
             &[1.0, 0.0, 1.0, 1.0],
             &[1.0, 1.0, 1.0, 0.0],
         );
-        assert!((m["accuracy"] - 50.0).abs() < 1e-9 && (m["f1"] - 200.0 / 3.0).abs() < 1e-9);
-        assert!((m["selection"] - (50.0 + 200.0 / 3.0) / 2.0).abs() < 1e-9);
+        assert!((m.accuracy.unwrap() - 50.0).abs() < 1e-9);
+        assert!((m.f1.unwrap() - 200.0 / 3.0).abs() < 1e-9);
+        assert!((m.selection - (50.0 + 200.0 / 3.0) / 2.0).abs() < 1e-9);
+        assert_eq!(m.mcc, None);
         let mut all = BTreeMap::new();
         for t in GlueTask::ALL {
-            let mut m = BTreeMap::new();
+            let mut m = Metrics::default();
             match t {
                 GlueTask::Mrpc | GlueTask::Qqp => {
-                    m.insert("accuracy".to_string(), 80.0);
-                    m.insert("f1".to_string(), 90.0);
+                    m.accuracy = Some(80.0);
+                    m.f1 = Some(90.0);
                 }
                 GlueTask::Stsb => {
-                    m.insert("pearson".to_string(), 80.0);
-                    m.insert("spearman".to_string(), 90.0);
+                    m.pearson = Some(80.0);
+                    m.spearman = Some(90.0);
                 }
-                _ => {
-                    m.insert("accuracy".to_string(), 70.0);
-                }
+                _ => m.accuracy = Some(70.0),
             }
-            m.insert("selection".to_string(), 0.0);
             all.insert(t, m);
         }
         // 5 × 70 + 3 × (80 + 90) = 860 over 11 numbers
         assert!((glue_average(&all).unwrap() - 860.0 / 11.0).abs() < 1e-9);
         all.remove(&GlueTask::Rte);
         assert!(glue_average(&all).is_none());
+    }
+
+    #[test]
+    fn nan_metrics_round_trip_through_json() {
+        let m = task_metrics(None, true, &[1.0, 1.0, 1.0], &[0.0, 1.0, 2.0]);
+        assert!(m.selection.is_nan());
+        let json = serde_json::to_string(&m).unwrap();
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert!(back.selection.is_nan() && back.pearson.is_none_or(f64::is_nan));
     }
 }

@@ -1,31 +1,20 @@
-//! A small trainer for the RoBERTa/BERT variants: per-group AdamW (mask lr separate),
-//! linear warmup + decay, gradient clipping, evaluation every epoch, best-epoch selection, and
-//! an early stop with a clear error on a non-finite loss. Reproducible from a seed (init,
-//! dropout and shuffling all draw from [`PetlRng`]).
-
-use std::collections::BTreeMap;
+//! One trainer for every [`TaskModel`]: per-group AdamW (mask lr separate), linear warmup +
+//! decay, gradient clipping, evaluation every epoch, and an early stop with a clear error on a
+//! non-finite loss. Reproducible from a seed (dropout and shuffling draw from [`PetlRng`]).
+//!
+//! The library prints nothing: progress goes to a [`TrainObserver`] (the CLI draws bars or
+//! logs lines with it).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use indicatif::{ProgressBar, ProgressStyle};
-use propetl_models::roberta::RobertaPetl;
+use candle_core::DType;
 use propetl_runtime::{
-    clip_grad_norm, reference_groups, AdamW, GroupHyper, PetlError, PetlRng, Schedule,
+    clip_grad_norm, AdamW, Example, ForwardMode, GroupHyper, PetlError, PetlRng, Schedule,
+    TaskModel,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::data::GlueTask;
-
-/// One example: token ids (with special tokens) and a label (class index, or a score for
-/// regression).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Example {
-    /// Token ids.
-    pub ids: Vec<u32>,
-    /// Class index or regression target.
-    pub label: f32,
-}
+use crate::metrics::{task_metrics, Metrics};
 
 /// Optimization settings (method page §4 defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +40,7 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Seed of init, dropout and shuffling.
     pub seed: u64,
-    /// Show progress bars.
+    /// Show progress (bars on a terminal, log lines otherwise).
     pub progress: bool,
 }
 
@@ -73,6 +62,18 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The learning rates and weight decays of the three optimizer groups.
+    pub fn group_hyper(&self) -> GroupHyper {
+        GroupHyper {
+            lr: self.lr,
+            mask_lr: self.mask_lr,
+            weight_decay: self.weight_decay,
+            mask_weight_decay: self.mask_weight_decay,
+        }
+    }
+}
+
 /// What happened in one epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochLog {
@@ -82,110 +83,95 @@ pub struct EpochLog {
     pub train_loss: f64,
     /// Loss of each step of the epoch.
     pub step_losses: Vec<f64>,
-    /// The selection metric on the eval split (×100).
-    pub eval_metric: f64,
-    /// Every eval metric (×100).
-    pub eval: BTreeMap<String, f64>,
+    /// Metrics on the eval split (absent when there is none).
+    pub eval: Option<Metrics>,
     /// Seconds spent in the epoch.
     pub seconds: f64,
     /// Training tokens per second (padded).
     pub tokens_per_s: f64,
 }
 
-/// Batch examples into `(ids, mask, labels)`: padded to the longest sequence (≤ `max_len`,
-/// keeping the final separator on truncation).
-pub fn collate(
-    batch: &[&Example],
-    max_len: usize,
-    pad: u32,
-    regression: bool,
-    dev: &Device,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let seqs: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
-    let (ids, mask) = propetl_models::tokenizer::pad_batch(&seqs, max_len, pad, dev)?;
-    let labels = if regression {
-        Tensor::from_vec(
-            batch.iter().map(|e| e.label).collect::<Vec<_>>(),
-            batch.len(),
-            dev,
-        )?
-    } else {
-        Tensor::from_vec(
-            batch.iter().map(|e| e.label as i64).collect::<Vec<_>>(),
-            batch.len(),
-            dev,
-        )?
-    };
-    Ok((ids, mask, labels))
+impl EpochLog {
+    /// The selection metric on the eval split (NaN without one).
+    pub fn eval_metric(&self) -> f64 {
+        self.eval.as_ref().map_or(f64::NAN, |m| m.selection)
+    }
 }
 
-/// Predictions (class index, or the regression value) of a model on `data`.
-pub fn predict(
-    model: &dyn RobertaPetl,
+/// Sees the progress of training; every method defaults to doing nothing.
+pub trait TrainObserver {
+    /// Training starts: `total_steps` optimizer steps over `epochs` epochs.
+    fn on_start(&mut self, total_steps: usize, epochs: usize) {
+        let _ = (total_steps, epochs);
+    }
+    /// One optimizer step finished.
+    fn on_step(&mut self, epoch: usize, step: usize, loss: f64, tokens_per_s: f64) {
+        let _ = (epoch, step, loss, tokens_per_s);
+    }
+    /// One epoch finished, its evaluation included; the model is in its end-of-epoch state
+    /// (e.g. to save the best epoch).
+    fn on_epoch(&mut self, model: &dyn TaskModel, log: &EpochLog) -> Result<()> {
+        let _ = (model, log);
+        Ok(())
+    }
+    /// Training ended (successfully or not).
+    fn on_finish(&mut self) {}
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+
+impl TrainObserver for Silent {}
+
+/// Predictions (class index, or the regression value) of a model on `data`, in input order.
+/// Batches are formed by length (less padding).
+pub fn predict_values(
+    model: &dyn TaskModel,
     data: &[Example],
     batch_size: usize,
     max_len: usize,
-    pad: u32,
+    task: &str,
 ) -> Result<Vec<f32>> {
-    let dev = model.state().device().clone();
-    let regression = model.head().num_labels == 1;
-    // batch by length (less padding), then put predictions back in input order
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.sort_by_key(|&i| data[i].ids.len());
     let mut out = vec![0f32; data.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| &data[i]).collect();
-        let (ids, mask, _) = collate(&refs, max_len, pad, regression, &dev)?;
-        let logits = model.logits(&ids, &mask, None)?;
-        let preds: Vec<f32> = if regression {
-            logits.squeeze(1)?.to_vec1::<f32>()?
-        } else {
-            logits
-                .argmax(1)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|x| x as f32)
-                .collect()
-        };
+        let batch = model.collate(&refs, max_len, task)?;
+        let preds = model.predict(&batch)?;
         for (&i, p) in chunk.iter().zip(preds) {
-            out[i] = p;
+            out[i] = p.value();
         }
     }
     Ok(out)
 }
 
-/// The task metrics (×100) of a model on `data`, including `selection` (see
-/// [`crate::metrics::task_metrics`]).
-pub fn evaluate(
-    model: &dyn RobertaPetl,
-    data: &[Example],
-    task: Option<GlueTask>,
-    batch_size: usize,
-    max_len: usize,
-    pad: u32,
-) -> Result<BTreeMap<String, f64>> {
+/// How to evaluate: batch size, truncation, which task's masks, which metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSettings<'a> {
+    /// Batch size.
+    pub batch_size: usize,
+    /// Maximum sequence length.
+    pub max_len: usize,
+    /// The PETL task whose masks are used (`default` for single-task models).
+    pub task: &'a str,
+    /// The GLUE task, which picks the metrics (None: accuracy or correlations).
+    pub glue: Option<GlueTask>,
+}
+
+/// The task metrics of a model on `data`.
+pub fn evaluate(model: &dyn TaskModel, data: &[Example], how: &EvalSettings) -> Result<Metrics> {
     if data.is_empty() {
         bail!("cannot evaluate on an empty split");
     }
-    let preds = predict(model, data, batch_size, max_len, pad)?;
+    let preds = predict_values(model, data, how.batch_size, how.max_len, how.task)?;
     let gold: Vec<f32> = data.iter().map(|e| e.label).collect();
-    Ok(crate::metrics::task_metrics(
-        task,
-        model.head().num_labels == 1,
+    Ok(task_metrics(
+        how.glue,
+        model.task_kind().is_regression(),
         &preds,
         &gold,
     ))
-}
-
-/// The selection metric (accuracy, MCC, combined score or correlation; ×100) on `data`.
-pub fn metric(
-    model: &dyn RobertaPetl,
-    data: &[Example],
-    batch_size: usize,
-    max_len: usize,
-    pad: u32,
-) -> Result<f64> {
-    Ok(evaluate(model, data, None, batch_size, max_len, pad)?["selection"])
 }
 
 /// Shuffled batches of similar lengths: shuffle, sort windows of 50 batches by length, cut
@@ -211,105 +197,92 @@ pub fn length_bucketed_batches(
 pub struct TrainData<'a> {
     /// Training examples.
     pub train: &'a [Example],
-    /// Evaluated after every epoch (model selection).
+    /// Evaluated after every epoch (model selection); may be empty.
     pub eval: &'a [Example],
-    /// Padding token id.
-    pub pad: u32,
+    /// The PETL task whose masks are trained (`default` for single-task models).
+    pub task: &'a str,
     /// The GLUE task, which picks the metrics (None: accuracy or correlations).
-    pub task: Option<GlueTask>,
+    pub glue: Option<GlueTask>,
 }
 
-/// Train `model` (whose trainable variables are all in `varmap`) on `data.train`, evaluating
-/// on `data.eval` after every epoch. Returns the per-epoch log; `on_epoch` sees each entry
-/// (e.g. to keep the best state).
+/// Train `model` on `data.train`, evaluating on `data.eval` after every epoch. Every
+/// trainable tensor comes from the model ([`TaskModel::trainables`]); optimizer groups from
+/// their roles. Returns the per-epoch logs.
 pub fn train(
-    model: &mut dyn RobertaPetl,
-    varmap: &VarMap,
+    model: &mut dyn TaskModel,
     data: &TrainData,
     cfg: &TrainConfig,
-    mut on_epoch: impl FnMut(&dyn RobertaPetl, &EpochLog) -> Result<()>,
+    observer: &mut dyn TrainObserver,
 ) -> Result<Vec<EpochLog>> {
     let TrainData {
         train,
         eval,
-        pad,
         task,
+        glue,
     } = *data;
     if train.is_empty() {
         bail!("the training set is empty");
     }
-    let dev = model.state().device().clone();
-    let regression = model.head().num_labels == 1;
-    let hyper = GroupHyper {
-        lr: cfg.lr,
-        mask_lr: cfg.mask_lr,
-        weight_decay: cfg.weight_decay,
-        mask_weight_decay: cfg.mask_weight_decay,
-    };
-    let vars = varmap.data().lock().expect("varmap").clone();
-    let groups = reference_groups(vars, &hyper);
-    let steps_per_epoch = train.len().div_ceil(cfg.batch_size.max(1));
+    if cfg.batch_size == 0 {
+        bail!("batch_size must be at least 1");
+    }
+    let groups = model.task_optimizer_groups(&cfg.group_hyper());
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let mut opt = AdamW::new(groups, Schedule::warmup_ratio(cfg.warmup_ratio, total));
     let all_vars = opt.vars();
     let mut rng = PetlRng::seed(cfg.seed);
     let mut logs = Vec::new();
-    let bar = if cfg.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    for epoch in 1..=cfg.epochs {
-        bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
-        let start = std::time::Instant::now();
-        let batches = length_bucketed_batches(train, cfg.batch_size.max(1), &mut rng);
-        let mut step_losses = Vec::with_capacity(steps_per_epoch);
-        let mut tokens = 0usize;
-        for chunk in &batches {
-            let batch: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
-            let (ids, mask, labels) = collate(&batch, cfg.max_len, pad, regression, &dev)?;
-            tokens += ids.elem_count();
-            let logits = model.logits(&ids, &mask, Some(&mut rng))?;
-            let loss = model.loss(&logits, &labels)?;
-            let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !l.is_finite() {
-                bar.abandon();
-                return Err(PetlError::NonFiniteLoss(l, opt.steps_taken()).into());
+    observer.on_start(total, cfg.epochs);
+    let result = (|| -> Result<()> {
+        for epoch in 1..=cfg.epochs {
+            let start = std::time::Instant::now();
+            let batches = length_bucketed_batches(train, cfg.batch_size, &mut rng);
+            let mut step_losses = Vec::with_capacity(steps_per_epoch);
+            let mut tokens = 0usize;
+            for chunk in &batches {
+                let refs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
+                let batch = model.collate(&refs, cfg.max_len, task)?;
+                tokens += batch.input_ids.elem_count();
+                let loss = model.loss(&batch, &mut ForwardMode::Train(&mut rng))?;
+                let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                if !l.is_finite() {
+                    return Err(PetlError::NonFiniteLoss(l, opt.steps_taken()).into());
+                }
+                let mut grads = loss.backward()?;
+                clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
+                opt.step(&grads)?;
+                step_losses.push(l as f64);
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                observer.on_step(epoch, opt.steps_taken(), l as f64, tokens as f64 / secs);
             }
-            let mut grads = loss.backward()?;
-            clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
-            opt.step(&grads)?;
-            step_losses.push(l as f64);
-            bar.inc(1);
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {l:.4}  {:.0} tok/s", tokens as f64 / secs));
+            let train_secs = start.elapsed().as_secs_f64();
+            let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
+            let eval_metrics = if eval.is_empty() {
+                None
+            } else {
+                let how = EvalSettings {
+                    batch_size: cfg.batch_size,
+                    max_len: cfg.max_len,
+                    task,
+                    glue,
+                };
+                Some(evaluate(&*model, eval, &how)?)
+            };
+            let log = EpochLog {
+                epoch,
+                train_loss,
+                step_losses,
+                eval: eval_metrics,
+                seconds: start.elapsed().as_secs_f64(),
+                tokens_per_s: tokens as f64 / train_secs.max(1e-9),
+            };
+            observer.on_epoch(&*model, &log)?;
+            logs.push(log);
         }
-        let train_secs = start.elapsed().as_secs_f64();
-        let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
-        let eval_scores = if eval.is_empty() {
-            BTreeMap::new()
-        } else {
-            evaluate(&*model, eval, task, cfg.batch_size, cfg.max_len, pad)?
-        };
-        let eval_metric = eval_scores.get("selection").copied().unwrap_or(f64::NAN);
-        let log = EpochLog {
-            epoch,
-            train_loss,
-            step_losses,
-            eval_metric,
-            eval: eval_scores,
-            seconds: start.elapsed().as_secs_f64(),
-            tokens_per_s: tokens as f64 / train_secs.max(1e-9),
-        };
-        tracing::info!(epoch, train_loss, eval_metric, "epoch done");
-        on_epoch(&*model, &log)?;
-        logs.push(log);
-    }
-    bar.finish_and_clear();
+        Ok(())
+    })();
+    observer.on_finish();
+    result?;
     Ok(logs)
 }

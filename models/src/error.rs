@@ -34,6 +34,15 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// As a runtime error (what the `TaskModel` interface returns).
+    pub fn into_petl(self) -> propetl_runtime::PetlError {
+        match self {
+            ModelError::Petl(e) => e,
+            ModelError::Candle(e) => propetl_runtime::PetlError::Candle(e),
+            other => propetl_runtime::PetlError::Model(Box::new(other)),
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),

@@ -2,10 +2,10 @@
 //! ProLoRA, ProPrefix and their unshared baselines, and multi-task ProPETL on T5, loading
 //! Hugging Face checkpoints.
 
+pub mod common;
 pub mod error;
 pub mod roberta;
 pub mod t5;
 pub mod tokenizer;
-mod weights;
 
 pub use error::{ModelError, Result};

@@ -23,18 +23,20 @@
 //! …), so checkpoints load unchanged. Trainable names: the PETL names of
 //! `propetl_runtime::plan` plus `head.dense.{weight,bias}`, `head.out_proj.{weight,bias}`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use propetl_macros::propetl;
+use propetl_runtime::task::{collate_labeled, predictions_from_logits, task_loss};
 use propetl_runtime::{
-    ops, LayerPetl, LoraTarget, NumericOverrides, PetlConfig, PetlContext, PetlLayout, PetlRng,
-    PetlState, ProPetlModel,
+    ops, Batch, Example, ForwardMode, LayerPetl, LoraTarget, NumericOverrides, PetlConfig,
+    PetlContext, PetlLayout, PetlRng, PetlSites, PetlSpec, PetlState, Prediction, ProPetlModel,
+    Role, Sites, TaskKind, TaskModel, Trainable, Variant,
 };
 use serde::Deserialize;
 
+use crate::common::get;
 use crate::error::{ModelError, Result};
 
 fn default_layer_norm_eps() -> f64 {
@@ -103,7 +105,7 @@ impl RobertaConfig {
 
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = crate::weights::parse_hf_config(
+        let cfg: Self = crate::common::parse_hf_config(
             text,
             &["roberta", "bert", "xlm-roberta", "camembert"],
             "this encoder loads BERT-family checkpoints",
@@ -212,7 +214,7 @@ impl Checkpoint {
         let dir = dir.as_ref().to_path_buf();
         let config = RobertaConfig::from_file(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
-        let vb = crate::weights::mmap_safetensors(&weights, device)?;
+        let vb = crate::common::mmap_safetensors(&weights, device)?;
         let prefix = detect_prefix(|n| vb.contains_tensor(n), &weights.display().to_string())?;
         Ok(Self {
             dir,
@@ -359,18 +361,6 @@ fn detect_prefix(has: impl Fn(&str) -> bool, source: &str) -> Result<String> {
         .ok_or_else(|| ModelError::Weights(format!("{source}: no `embeddings.word_embeddings.weight` (with prefix roberta./bert./none): not a BERT-family checkpoint")))
 }
 
-/// Fetch a frozen tensor with a clear error naming it and the expected shape.
-fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
-    vb.get(shape, name).map_err(|e| {
-        let full = if vb.prefix().is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", vb.prefix())
-        };
-        ModelError::Weights(format!("tensor `{full}` (expected shape {shape:?}): {e}"))
-    })
-}
-
 /// A frozen linear layer (PyTorch layout).
 #[derive(Debug, Clone)]
 struct Linear {
@@ -441,7 +431,7 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, ids: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
+    fn forward(&self, ids: &Tensor, mode: &mut ForwardMode) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let ids_host = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let max_pos = self.position.dim(0)?;
@@ -470,12 +460,7 @@ impl Embeddings {
                 pos.push(p);
             }
         }
-        let vocab = self.word.dim(0)?;
-        if let Some(bad) = ids_host.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Input(format!(
-                "token id {bad} outside the vocabulary of {vocab}"
-            )));
-        }
+        crate::common::check_vocab(ids, self.word.dim(0)?)?;
         let pos = Tensor::from_vec(pos, (b * s,), ids.device())?;
         let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
         let h = self.word.dim(1)?;
@@ -486,10 +471,7 @@ impl Embeddings {
             .broadcast_add(&self.token_type.get(0)?)?
             .reshape((b, s, h))?;
         let e = self.norm.forward(&e)?;
-        Ok(match rng {
-            Some(r) => ops::dropout(&e, self.dropout, r)?,
-            None => e,
-        })
+        Ok(mode.dropout(&e, self.dropout)?)
     }
 }
 
@@ -547,13 +529,13 @@ impl RobertaLayer {
         }
     }
 
-    /// `x [B,S,H]`, `mask_bias [B,1,1,S(+P)]` (0 attend, large negative masked).
+    /// `x [B,S,H]`, `attention_bias [B,1,1,S(+P)]` (0 attend, large negative for padding).
     fn forward(
         &self,
         x: &Tensor,
-        mask_bias: &Tensor,
+        attention_bias: &Tensor,
         petl: &LayerPetl,
-        mut rng: Option<&mut PetlRng>,
+        mode: &mut ForwardMode,
     ) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let nh = self.heads;
@@ -574,22 +556,16 @@ impl RobertaLayer {
             v = Tensor::cat(&[heads(pv)?, v], 2)?;
         }
         let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
-        let scores = scores.broadcast_add(mask_bias)?;
-        let mut probs = ops::softmax_last_dim(&scores)?;
-        if let Some(r) = rng.as_deref_mut() {
-            probs = ops::dropout(&probs, self.attn_dropout, r)?;
-        }
+        let scores = scores.broadcast_add(attention_bias)?;
+        let probs = mode.dropout(&ops::softmax_last_dim(&scores)?, self.attn_dropout)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let mut att = self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?;
-        if let Some(r) = rng.as_deref_mut() {
-            att = ops::dropout(&att, self.dropout, r)?;
-        }
+        let att = mode.dropout(
+            &self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?,
+            self.dropout,
+        )?;
         let x1 = self.attn_norm.forward(&att.add(x)?)?;
         let inter = ops::activate(&self.intermediate.forward(&x1)?, self.act)?;
-        let mut hid = self.output.forward(&inter)?;
-        if let Some(r) = rng {
-            hid = ops::dropout(&hid, self.dropout, r)?;
-        }
+        let hid = mode.dropout(&self.output.forward(&inter)?, self.dropout)?;
         let res = hid.add(&x1)?;
         // Pfeiffer placement (method page §3): u = LN(h + x); y = LN(A(u) + h + x)
         match petl
@@ -602,33 +578,48 @@ impl RobertaLayer {
     }
 }
 
+impl PetlSites for RobertaLayer {
+    /// The Pfeiffer adapter after the FFN, LoRA on q/k/v/o, prefix keys/values.
+    const SITES: Sites = Sites::ALL;
+}
+
 /// The classification / regression head: `out_proj(tanh(dense(dropout(x[:,0]))))`.
 #[derive(Debug, Clone)]
 pub struct ClassificationHead {
-    dense_w: Tensor,
-    dense_b: Tensor,
-    out_w: Tensor,
-    out_b: Tensor,
+    dense_w: candle_core::Var,
+    dense_b: candle_core::Var,
+    out_w: candle_core::Var,
+    out_b: candle_core::Var,
     dropout: f64,
-    /// Number of labels (1 = regression with MSE).
-    pub num_labels: usize,
+    /// What the head predicts (one output = regression with MSE).
+    pub kind: TaskKind,
 }
 
 impl ClassificationHead {
-    /// Create a trainable head in `varmap` (`head.*`), init N(0, 0.02), zero biases.
+    /// Create a trainable head (`head.*`) for `kind`, init N(0, 0.02), zero biases, registered
+    /// in `varmap`.
     pub fn new(
         hidden: usize,
-        num_labels: usize,
+        kind: TaskKind,
         dropout: f64,
         varmap: &VarMap,
         rng: &mut PetlRng,
         dev: &Device,
     ) -> Result<Self> {
+        let outputs = match kind {
+            TaskKind::Classification { num_labels } if num_labels >= 2 => num_labels,
+            TaskKind::Classification { num_labels } => {
+                return Err(ModelError::Config(format!(
+                    "a classification head needs at least 2 labels, got {num_labels}"
+                )))
+            }
+            TaskKind::Regression => 1,
+        };
         let mut data = varmap.data().lock().expect("varmap lock");
-        let mut var = |name: &str, t: Tensor| -> Result<Tensor> {
+        let mut var = |name: &str, t: Tensor| -> Result<candle_core::Var> {
             let v = candle_core::Var::from_tensor(&t)?;
             data.insert(name.to_string(), v.clone());
-            Ok(v.as_tensor().clone())
+            Ok(v)
         };
         Ok(Self {
             dense_w: var(
@@ -638,43 +629,37 @@ impl ClassificationHead {
             dense_b: var("head.dense.bias", Tensor::zeros(hidden, DType::F32, dev)?)?,
             out_w: var(
                 "head.out_proj.weight",
-                rng.normal((num_labels, hidden), 0.02, dev)?,
+                rng.normal((outputs, hidden), 0.02, dev)?,
             )?,
             out_b: var(
                 "head.out_proj.bias",
-                Tensor::zeros(num_labels, DType::F32, dev)?,
+                Tensor::zeros(outputs, DType::F32, dev)?,
             )?,
             dropout,
-            num_labels,
+            kind,
         })
     }
 
-    fn forward(
-        &self,
-        hidden: &Tensor,
-        mut rng: Option<&mut PetlRng>,
-    ) -> candle_core::Result<Tensor> {
-        let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        if let Some(r) = rng.as_deref_mut() {
-            x = ops::dropout(&x, self.dropout, r)?;
-        }
-        let mut x = ops::linear(&x, &self.dense_w, Some(&self.dense_b))?.tanh()?;
-        if let Some(r) = rng {
-            x = ops::dropout(&x, self.dropout, r)?;
-        }
-        ops::linear(&x, &self.out_w, Some(&self.out_b))
+    fn forward(&self, hidden: &Tensor, mode: &mut ForwardMode) -> candle_core::Result<Tensor> {
+        let x = mode.dropout(&hidden.narrow(1, 0, 1)?.squeeze(1)?, self.dropout)?;
+        let x =
+            ops::linear(&x, self.dense_w.as_tensor(), Some(self.dense_b.as_tensor()))?.tanh()?;
+        let x = mode.dropout(&x, self.dropout)?;
+        ops::linear(&x, self.out_w.as_tensor(), Some(self.out_b.as_tensor()))
     }
 
-    /// Head parameter count.
-    pub fn num_params(&self) -> usize {
-        self.dense_w.elem_count()
-            + self.dense_b.elem_count()
-            + self.out_w.elem_count()
-            + self.out_b.elem_count()
+    /// The head's trainable tensors: weights decayed, biases not.
+    pub fn trainables(&self) -> Vec<Trainable> {
+        vec![
+            Trainable::new("head.dense.weight", self.dense_w.clone(), Role::Decay),
+            Trainable::new("head.dense.bias", self.dense_b.clone(), Role::NoDecay),
+            Trainable::new("head.out_proj.weight", self.out_w.clone(), Role::Decay),
+            Trainable::new("head.out_proj.bias", self.out_b.clone(), Role::NoDecay),
+        ]
     }
 }
 
-/// Everything every RoBERTa variant shares, used through [`RobertaPetl`].
+/// The frozen embeddings and config every RoBERTa variant shares.
 #[derive(Debug, Clone)]
 pub struct Backbone {
     /// Config.
@@ -703,28 +688,26 @@ fn encode(
     layers: &[RobertaLayer],
     ctx: &PetlContext,
     ids: &Tensor,
-    mask: &Tensor,
-    mut rng: Option<&mut PetlRng>,
+    attention_mask: &Tensor,
+    mode: &mut ForwardMode,
 ) -> Result<Tensor> {
-    if ids.dims() != mask.dims() {
+    if ids.dims() != attention_mask.dims() {
         return Err(ModelError::Input(format!(
             "input_ids {:?} and attention_mask {:?} differ in shape",
             ids.dims(),
-            mask.dims()
+            attention_mask.dims()
         )));
     }
-    let mut x = bb.embeddings.forward(ids, rng.as_deref_mut())?;
+    let mut x = bb.embeddings.forward(ids, mode)?;
     let b = ids.dim(0)?;
-    // additive mask: 0 where attended, a large negative number where padded
-    let m = mask.to_dtype(DType::F32)?;
-    let mut bias = ((m - 1.0)? * 1e9)?;
+    let mut bias = crate::common::additive_attention_mask(attention_mask)?;
     if let Some((pk, _)) = ctx.layer(0).prefix_kv() {
         let p = pk.dim(0)?;
         bias = Tensor::cat(&[Tensor::zeros((b, p), DType::F32, ids.device())?, bias], 1)?;
     }
     let bias = bias.unsqueeze(1)?.unsqueeze(1)?;
     for (l, layer) in layers.iter().enumerate() {
-        x = layer.forward(&x, &bias, ctx.layer(l), rng.as_deref_mut())?;
+        x = layer.forward(&x, &bias, ctx.layer(l), mode)?;
     }
     Ok(x)
 }
@@ -745,62 +728,27 @@ impl FrozenEncoder {
     }
 
     /// Last hidden state `[B, S, H]` (eval mode).
-    pub fn hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         encode(
             &self.backbone,
             &self.layers,
             &PetlContext::identity(self.layers.len()),
             ids,
-            mask,
-            None,
+            attention_mask,
+            &mut ForwardMode::Eval,
         )
     }
 }
 
-/// The common interface of the six RoBERTa variants (object-safe, for run-time choice).
-pub trait RobertaPetl {
-    /// The PETL configuration in use.
-    fn petl_config(&self) -> &PetlConfig;
-    /// The PETL state.
-    fn state(&self) -> &PetlState;
-    /// The PETL state, mutably (freeze, merge).
-    fn state_mut(&mut self) -> &mut PetlState;
-    /// The head.
-    fn head(&self) -> &ClassificationHead;
-    /// The backbone config.
-    fn config(&self) -> &RobertaConfig;
-    /// Last hidden state `[B, S, H]`; `rng = Some` enables dropout (training).
-    fn hidden(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor>;
-    /// Hidden state and logits `[B, C]`.
-    fn forward(
-        &self,
-        ids: &Tensor,
-        mask: &Tensor,
-        rng: Option<&mut PetlRng>,
-    ) -> Result<(Tensor, Tensor)>;
-    /// Logits only.
-    fn logits(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
-        Ok(self.forward(ids, mask, rng)?.1)
-    }
-    /// Loss: cross-entropy (integer labels), or MSE when the head has one output.
-    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        if self.head().num_labels == 1 {
-            Ok(ops::mse(
-                &logits.squeeze(1)?,
-                &labels.to_dtype(DType::F32)?,
-            )?)
-        } else {
-            Ok(ops::cross_entropy(logits, labels)?)
-        }
-    }
-    /// The storage report of this model.
-    fn storage(&self) -> Result<propetl_runtime::StorageReport> {
-        Ok(propetl_runtime::StorageReport::from_plan(
-            self.state().plan(),
-            self.config().backbone_params(),
-            self.head().num_params(),
-        )?)
-    }
+/// Construction shared by the six variant types (what the variant table dispatches to).
+trait FromCheckpoint: TaskModel + Sized + 'static {
+    fn from_checkpoint(
+        ckpt: &Checkpoint,
+        kind: TaskKind,
+        overrides: &NumericOverrides,
+        varmap: &VarMap,
+        rng: &mut PetlRng,
+    ) -> Result<Self>;
 }
 
 macro_rules! roberta_variant {
@@ -819,30 +767,62 @@ macro_rules! roberta_variant {
 
         impl $name {
             /// Load the frozen backbone from `ckpt`, create the PETL state (compile-time spec
-            /// plus run-time numeric `overrides`) and a `num_labels` head in `varmap`.
-            pub fn from_checkpoint(ckpt: &Checkpoint, num_labels: usize, overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
+            /// plus run-time numeric `overrides`) and a head for `kind` in `varmap`.
+            pub fn from_checkpoint(ckpt: &Checkpoint, kind: TaskKind, overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
+                <Self as FromCheckpoint>::from_checkpoint(ckpt, kind, overrides, varmap, rng)
+            }
+
+            /// Last hidden state and logits `[B, C]`.
+            pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<(Tensor, Tensor)> {
+                let ctx = self.petl_context(task)?;
+                let h = encode(&self.backbone, &self.layers, &ctx, ids, attention_mask, mode)?;
+                let logits = self.head.forward(&h, mode)?;
+                Ok((h, logits))
+            }
+
+            /// The backbone config.
+            pub fn config(&self) -> &RobertaConfig {
+                &self.backbone.config
+            }
+        }
+
+        impl FromCheckpoint for $name {
+            fn from_checkpoint(ckpt: &Checkpoint, kind: TaskKind, overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
                 let (backbone, layers) = load_layers(ckpt)?;
                 let dev = ckpt.device();
-                let petl = <Self as ProPetlModel>::init_petl(&ckpt.config.layout(), overrides, varmap, rng, dev)?;
-                let head = ClassificationHead::new(ckpt.config.hidden_size, num_labels, ckpt.config.hidden_dropout_prob, varmap, rng, dev)?;
+                let petl = <Self as PetlSpec>::init_petl(&ckpt.config.layout(), overrides, varmap, rng, dev)?;
+                let head = ClassificationHead::new(ckpt.config.hidden_size, kind, ckpt.config.hidden_dropout_prob, varmap, rng, dev)?;
                 Ok(Self { backbone, layers, petl, head })
             }
         }
 
-        impl RobertaPetl for $name {
-            fn petl_config(&self) -> &PetlConfig { self.petl.config() }
-            fn state(&self) -> &PetlState { &self.petl }
-            fn state_mut(&mut self) -> &mut PetlState { &mut self.petl }
-            fn head(&self) -> &ClassificationHead { &self.head }
-            fn config(&self) -> &RobertaConfig { &self.backbone.config }
-            fn hidden(&self, ids: &Tensor, mask: &Tensor, rng: Option<&mut PetlRng>) -> Result<Tensor> {
-                let ctx = self.petl_context("default")?;
-                encode(&self.backbone, &self.layers, &ctx, ids, mask, rng)
+        impl TaskModel for $name {
+            fn task_kind(&self) -> TaskKind {
+                self.head.kind
             }
-            fn forward(&self, ids: &Tensor, mask: &Tensor, mut rng: Option<&mut PetlRng>) -> Result<(Tensor, Tensor)> {
-                let h = self.hidden(ids, mask, rng.as_deref_mut())?;
-                let logits = self.head.forward(&h, rng)?;
-                Ok((h, logits))
+            fn collate(&self, examples: &[&Example], max_len: usize, task: &str) -> propetl_runtime::Result<Batch> {
+                collate_labeled(examples, self.head.kind, max_len, self.backbone.config.pad_token_id as u32, task, self.petl.device())
+            }
+            fn loss(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
+                let (_, logits) = self.forward(&batch.input_ids, &batch.attention_mask, &batch.task, mode).map_err(ModelError::into_petl)?;
+                task_loss(self.head.kind, &logits, &batch.labels)
+            }
+            fn predict(&self, batch: &Batch) -> propetl_runtime::Result<Vec<Prediction>> {
+                let (_, logits) = self.forward(&batch.input_ids, &batch.attention_mask, &batch.task, &mut ForwardMode::Eval).map_err(ModelError::into_petl)?;
+                predictions_from_logits(self.head.kind, &logits)
+            }
+            fn logits(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
+                Ok(self.forward(&batch.input_ids, &batch.attention_mask, &batch.task, mode).map_err(ModelError::into_petl)?.1)
+            }
+            fn hidden_states(&self, batch: &Batch) -> propetl_runtime::Result<Tensor> {
+                let ctx = self.petl_context(&batch.task)?;
+                encode(&self.backbone, &self.layers, &ctx, &batch.input_ids, &batch.attention_mask, &mut ForwardMode::Eval).map_err(ModelError::into_petl)
+            }
+            fn head_trainables(&self) -> Vec<Trainable> {
+                self.head.trainables()
+            }
+            fn backbone_params(&self) -> usize {
+                self.backbone.config.backbone_params()
             }
         }
     };
@@ -873,102 +853,85 @@ roberta_variant!(
     RobertaPrefix, prefix(length = 64, hidden = 512), share = "none"
 );
 
-/// The six variants, for choosing at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Variant {
-    /// [`RobertaProAdapter`].
-    ProAdapter,
-    /// [`RobertaProLora`].
-    ProLora,
-    /// [`RobertaProPrefix`].
-    ProPrefix,
-    /// [`RobertaAdapter`].
-    Adapter,
-    /// [`RobertaLora`].
-    Lora,
-    /// [`RobertaPrefix`].
-    Prefix,
+type Builder = fn(
+    &Checkpoint,
+    TaskKind,
+    &NumericOverrides,
+    &VarMap,
+    &mut PetlRng,
+) -> Result<Box<dyn TaskModel>>;
+
+fn boxed<M: FromCheckpoint>(
+    ckpt: &Checkpoint,
+    kind: TaskKind,
+    overrides: &NumericOverrides,
+    varmap: &VarMap,
+    rng: &mut PetlRng,
+) -> Result<Box<dyn TaskModel>> {
+    Ok(Box::new(M::from_checkpoint(
+        ckpt, kind, overrides, varmap, rng,
+    )?))
 }
 
-impl Variant {
-    /// All variants.
-    pub const ALL: [Variant; 6] = [
+/// The variants RoBERTa supports: (variant, compile-time spec, constructor). The one place a
+/// run-time variant name meets a type.
+const VARIANTS: [(Variant, PetlConfig, Builder); 6] = [
+    (
         Variant::ProAdapter,
+        RobertaProAdapter::PROPETL,
+        boxed::<RobertaProAdapter>,
+    ),
+    (
         Variant::ProLora,
+        RobertaProLora::PROPETL,
+        boxed::<RobertaProLora>,
+    ),
+    (
         Variant::ProPrefix,
+        RobertaProPrefix::PROPETL,
+        boxed::<RobertaProPrefix>,
+    ),
+    (
         Variant::Adapter,
-        Variant::Lora,
+        RobertaAdapter::PROPETL,
+        boxed::<RobertaAdapter>,
+    ),
+    (Variant::Lora, RobertaLora::PROPETL, boxed::<RobertaLora>),
+    (
         Variant::Prefix,
-    ];
+        RobertaPrefix::PROPETL,
+        boxed::<RobertaPrefix>,
+    ),
+];
 
-    /// Parse `pro_adapter`, `pro_lora`, `pro_prefix`, `adapter`, `lora`, `prefix`.
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "pro_adapter" | "proadapter" => Variant::ProAdapter,
-            "pro_lora" | "prolora" => Variant::ProLora,
-            "pro_prefix" | "proprefix" => Variant::ProPrefix,
-            "adapter" => Variant::Adapter,
-            "lora" => Variant::Lora,
-            "prefix" => Variant::Prefix,
-            other => return Err(ModelError::Config(format!("unknown variant `{other}` (pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix)"))),
+fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
+    VARIANTS
+        .iter()
+        .find(|(v, _, _)| *v == variant)
+        .ok_or_else(|| {
+            let names: Vec<&str> = VARIANTS.iter().map(|(v, _, _)| v.name()).collect();
+            ModelError::Config(format!(
+                "RoBERTa has no variant `{variant}` (supported: {})",
+                names.join(", ")
+            ))
         })
-    }
+}
 
-    /// The snake-case name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Variant::ProAdapter => "pro_adapter",
-            Variant::ProLora => "pro_lora",
-            Variant::ProPrefix => "pro_prefix",
-            Variant::Adapter => "adapter",
-            Variant::Lora => "lora",
-            Variant::Prefix => "prefix",
-        }
-    }
+/// The compile-time spec of a RoBERTa variant.
+pub fn spec(variant: Variant) -> Result<PetlConfig> {
+    Ok(entry(variant)?.1.clone())
+}
 
-    /// The compile-time spec of the variant.
-    pub fn spec(&self) -> PetlConfig {
-        match self {
-            Variant::ProAdapter => RobertaProAdapter::PROPETL,
-            Variant::ProLora => RobertaProLora::PROPETL,
-            Variant::ProPrefix => RobertaProPrefix::PROPETL,
-            Variant::Adapter => RobertaAdapter::PROPETL,
-            Variant::Lora => RobertaLora::PROPETL,
-            Variant::Prefix => RobertaPrefix::PROPETL,
-        }
-    }
-
-    /// Build the variant.
-    pub fn build(
-        &self,
-        ckpt: &Checkpoint,
-        num_labels: usize,
-        overrides: &NumericOverrides,
-        varmap: &VarMap,
-        rng: &mut PetlRng,
-    ) -> Result<Box<dyn RobertaPetl>> {
-        Ok(match self {
-            Variant::ProAdapter => Box::new(RobertaProAdapter::from_checkpoint(
-                ckpt, num_labels, overrides, varmap, rng,
-            )?),
-            Variant::ProLora => Box::new(RobertaProLora::from_checkpoint(
-                ckpt, num_labels, overrides, varmap, rng,
-            )?),
-            Variant::ProPrefix => Box::new(RobertaProPrefix::from_checkpoint(
-                ckpt, num_labels, overrides, varmap, rng,
-            )?),
-            Variant::Adapter => Box::new(RobertaAdapter::from_checkpoint(
-                ckpt, num_labels, overrides, varmap, rng,
-            )?),
-            Variant::Lora => Box::new(RobertaLora::from_checkpoint(
-                ckpt, num_labels, overrides, varmap, rng,
-            )?),
-            Variant::Prefix => Box::new(RobertaPrefix::from_checkpoint(
-                ckpt, num_labels, overrides, varmap, rng,
-            )?),
-        })
-    }
+/// Build a RoBERTa variant with a head for `kind` (the trainer's model).
+pub fn build(
+    variant: Variant,
+    ckpt: &Checkpoint,
+    kind: TaskKind,
+    overrides: &NumericOverrides,
+    varmap: &VarMap,
+    rng: &mut PetlRng,
+) -> Result<Box<dyn TaskModel>> {
+    (entry(variant)?.2)(ckpt, kind, overrides, varmap, rng)
 }
 
 #[cfg(test)]
@@ -1008,21 +971,9 @@ mod tests {
     }
 }
 
-/// Head tensors by name (for saving alongside the PETL state).
-pub fn head_tensors(varmap: &VarMap) -> BTreeMap<String, Tensor> {
-    varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .filter(|(k, _)| k.starts_with("head."))
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect()
-}
-
 /// Mean-pool `hidden [B,S,H]` over attended positions and L2-normalize (sentence embeddings).
-pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+pub fn mean_pool_normalized(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
     let summed = hidden.broadcast_mul(&m)?.sum(1)?;
     let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
     let mean = summed.broadcast_div(&counts)?;
@@ -1051,7 +1002,7 @@ mod storage_tests {
             (Variant::Prefix, 1_179_648.0, "0.946"),
         ];
         for (v, floats, pct) in expect {
-            let plan = propetl_runtime::Plan::new(&v.spec(), &cfg.layout()).unwrap();
+            let plan = propetl_runtime::Plan::new(&spec(v).unwrap(), &cfg.layout()).unwrap();
             let r =
                 propetl_runtime::StorageReport::from_plan(&plan, cfg.backbone_params(), 0).unwrap();
             assert_eq!(r.float32_equivalents, floats, "{v:?}");

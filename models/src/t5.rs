@@ -9,7 +9,7 @@
 //! are `mask.enc.0.down`, … and task masks `mask.task.{task}.down`, ….
 //!
 //! ```no_run
-//! use propetl_models::t5::{T5Checkpoint, T5ProAdapter, T5Petl};
+//! use propetl_models::t5::{T5Checkpoint, T5ProAdapter, Seq2Seq};
 //! use propetl_runtime::{NumericOverrides, PetlRng};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ckpt = T5Checkpoint::open("t5-base", &candle_core::Device::Cpu)?;
@@ -18,9 +18,9 @@
 //! let model = T5ProAdapter::from_checkpoint(&ckpt, &tasks, &NumericOverrides::default(), &varmap, &mut PetlRng::seed(42))?;
 //! // token ids of "sst2 sentence: ...", its attention mask, and the decoder inputs
 //! let ids = candle_core::Tensor::new(&[[834u32, 7, 1]], ckpt.device())?;
-//! let mask = candle_core::Tensor::new(&[[1u32, 1, 1]], ckpt.device())?;
+//! let attention_mask = candle_core::Tensor::new(&[[1u32, 1, 1]], ckpt.device())?;
 //! let dec = candle_core::Tensor::new(&[[0u32]], ckpt.device())?;
-//! let logits = model.logits(&ids, &mask, &dec, "sst2")?;
+//! let logits = model.logits(&ids, &attention_mask, &dec, "sst2")?;
 //! # Ok(()) }
 //! ```
 
@@ -30,10 +30,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use propetl_macros::propetl;
 use propetl_runtime::{
-    ops, LayerPetl, NumericOverrides, PetlConfig, PetlLayout, PetlRng, PetlState, ProPetlModel,
+    ops, LayerPetl, NumericOverrides, PetlConfig, PetlLayout, PetlRng, PetlSites, PetlSpec,
+    PetlState, ProPetlModel, Sites, Variant,
 };
 use serde::Deserialize;
 
+use crate::common::get;
 use crate::error::{ModelError, Result};
 
 fn d_buckets() -> usize {
@@ -96,7 +98,7 @@ impl T5Config {
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
         let c: Self =
-            crate::weights::parse_hf_config(text, &["t5"], "this model loads T5 checkpoints")?;
+            crate::common::parse_hf_config(text, &["t5"], "this model loads T5 checkpoints")?;
         if !matches!(c.feed_forward_proj.as_str(), "relu" | "gelu") {
             return Err(ModelError::Config(format!("unsupported feed_forward_proj `{}` (relu or gelu; gated T5 v1.1 FFNs are not supported)", c.feed_forward_proj)));
         }
@@ -164,7 +166,7 @@ impl T5Checkpoint {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
         let config = T5Config::from_json(&text)?;
         let weights = dir.join("model.safetensors");
-        let vb = crate::weights::mmap_safetensors(&weights, device)?;
+        let vb = crate::common::mmap_safetensors(&weights, device)?;
         if !vb.contains_tensor("shared.weight") {
             return Err(ModelError::Weights(format!(
                 "{}: no `shared.weight`: not a T5 checkpoint",
@@ -178,15 +180,6 @@ impl T5Checkpoint {
     pub fn device(&self) -> &Device {
         self.vb.device()
     }
-}
-
-fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
-    vb.get(shape, name).map_err(|e| {
-        ModelError::Weights(format!(
-            "tensor `{}.{name}` (expected shape {shape:?}): {e}",
-            vb.prefix()
-        ))
-    })
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +300,11 @@ impl T5Block {
     }
 }
 
+impl PetlSites for T5Block {
+    /// One adapter after the FFN of every encoder and decoder block (method page §5).
+    const SITES: Sites = Sites::ADAPTER;
+}
+
 /// T5's relative-position bucket (transformers' `_relative_position_bucket`).
 pub fn relative_position_bucket(
     relative: i64,
@@ -415,18 +413,7 @@ fn load_stacks(ckpt: &T5Checkpoint) -> Result<(Stacks, Vec<T5Block>)> {
 
 fn embed(shared: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, s) = ids.dims2()?;
-    let vocab = shared.dim(0)?;
-    if let Some(bad) = ids
-        .to_dtype(DType::U32)?
-        .flatten_all()?
-        .to_vec1::<u32>()?
-        .into_iter()
-        .find(|&t| t as usize >= vocab)
-    {
-        return Err(ModelError::Input(format!(
-            "token id {bad} outside the vocabulary of {vocab}"
-        )));
-    }
+    crate::common::check_vocab(ids, shared.dim(0)?)?;
     Ok(shared
         .index_select(&ids.to_dtype(DType::U32)?.flatten_all()?, 0)?
         .reshape((b, s, shared.dim(1)?))?)
@@ -437,21 +424,21 @@ fn forward(
     blocks: &[T5Block],
     petl: &propetl_runtime::PetlContext,
     ids: &Tensor,
-    mask: &Tensor,
+    attention_mask: &Tensor,
     dec_ids: &Tensor,
 ) -> Result<Tensor> {
     let c = &st.config;
     let dev = ids.device();
-    if ids.dims() != mask.dims() {
+    if ids.dims() != attention_mask.dims() {
         return Err(ModelError::Input(format!(
             "input_ids {:?} and attention_mask {:?} differ",
             ids.dims(),
-            mask.dims()
+            attention_mask.dims()
         )));
     }
     let (b, s) = ids.dims2()?;
     let t = dec_ids.dim(1)?;
-    let enc_mask = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
+    let enc_mask = crate::common::additive_attention_mask(attention_mask)?.reshape((b, 1, 1, s))?;
     let enc_bias = st
         .position_bias(&st.enc_bias_table, s, s, true, dev)?
         .broadcast_add(&enc_mask)?;
@@ -498,16 +485,18 @@ pub fn label_smoothed_loss(logits: &Tensor, labels: &Tensor, eps: f64, pad: u32)
     Ok(per.mul(&keep)?.sum_all()?)
 }
 
-/// The interface of the T5 variants.
-pub trait T5Petl {
-    /// The PETL state.
-    fn state(&self) -> &PetlState;
-    /// The PETL state, mutably.
-    fn state_mut(&mut self) -> &mut PetlState;
+/// The text-to-text interface of the T5 variants (on top of the PETL instance API).
+pub trait Seq2Seq: ProPetlModel {
     /// The backbone config.
     fn config(&self) -> &T5Config;
     /// LM logits `[B, T, V]` for `task`.
-    fn logits(&self, ids: &Tensor, mask: &Tensor, dec_ids: &Tensor, task: &str) -> Result<Tensor>;
+    fn logits(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+        task: &str,
+    ) -> Result<Tensor>;
     /// The method page §5 loss (label smoothing 0.1, summed, pad ignored).
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         label_smoothed_loss(logits, labels, 0.1, self.config().pad_token_id)
@@ -531,18 +520,16 @@ macro_rules! t5_variant {
             /// Load the frozen backbone and create the PETL state for `tasks`.
             pub fn from_checkpoint(ckpt: &T5Checkpoint, tasks: &[&str], overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
                 let (stacks, blocks) = load_stacks(ckpt)?;
-                let petl = <Self as ProPetlModel>::init_petl(&ckpt.config.layout(tasks), overrides, varmap, rng, ckpt.device())?;
+                let petl = <Self as PetlSpec>::init_petl(&ckpt.config.layout(tasks), overrides, varmap, rng, ckpt.device())?;
                 Ok(Self { stacks, blocks, petl })
             }
         }
 
-        impl T5Petl for $name {
-            fn state(&self) -> &PetlState { &self.petl }
-            fn state_mut(&mut self) -> &mut PetlState { &mut self.petl }
+        impl Seq2Seq for $name {
             fn config(&self) -> &T5Config { &self.stacks.config }
-            fn logits(&self, ids: &Tensor, mask: &Tensor, dec_ids: &Tensor, task: &str) -> Result<Tensor> {
+            fn logits(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str) -> Result<Tensor> {
                 let ctx = self.petl_context(task)?;
-                forward(&self.stacks, &self.blocks, &ctx, ids, mask, dec_ids)
+                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids)
             }
         }
     };
@@ -557,39 +544,55 @@ t5_variant!(
     T5Adapter, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "none"
 );
 
-/// The PETL spec of a variant name (`pro_adapter` or `adapter`).
-pub fn spec(variant: &str) -> Result<PetlConfig> {
-    match variant {
-        "pro_adapter" => Ok(T5ProAdapter::PROPETL),
-        "adapter" => Ok(T5Adapter::PROPETL),
-        other => Err(ModelError::Config(format!(
-            "unknown T5 variant `{other}` (pro_adapter, adapter)"
-        ))),
-    }
+type Builder = fn(
+    &T5Checkpoint,
+    &[&str],
+    &NumericOverrides,
+    &VarMap,
+    &mut PetlRng,
+) -> Result<Box<dyn Seq2Seq>>;
+
+/// The variants T5 supports (its blocks have only the adapter site): (variant, spec,
+/// constructor).
+const VARIANTS: [(Variant, PetlConfig, Builder); 2] = [
+    (
+        Variant::ProAdapter,
+        T5ProAdapter::PROPETL,
+        |c, t, o, v, r| Ok(Box::new(T5ProAdapter::from_checkpoint(c, t, o, v, r)?)),
+    ),
+    (Variant::Adapter, T5Adapter::PROPETL, |c, t, o, v, r| {
+        Ok(Box::new(T5Adapter::from_checkpoint(c, t, o, v, r)?))
+    }),
+];
+
+fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
+    VARIANTS
+        .iter()
+        .find(|(v, _, _)| *v == variant)
+        .ok_or_else(|| {
+            let names: Vec<&str> = VARIANTS.iter().map(|(v, _, _)| v.name()).collect();
+            ModelError::Config(format!(
+                "T5 has no variant `{variant}` (supported: {}; its blocks declare only the adapter site)",
+                names.join(", ")
+            ))
+        })
 }
 
-/// Build a T5 variant by name.
+/// The PETL spec of a T5 variant.
+pub fn spec(variant: Variant) -> Result<PetlConfig> {
+    Ok(entry(variant)?.1.clone())
+}
+
+/// Build a T5 variant.
 pub fn build(
-    variant: &str,
+    variant: Variant,
     ckpt: &T5Checkpoint,
     tasks: &[&str],
     overrides: &NumericOverrides,
     varmap: &VarMap,
     rng: &mut PetlRng,
-) -> Result<Box<dyn T5Petl>> {
-    Ok(match variant {
-        "pro_adapter" => Box::new(T5ProAdapter::from_checkpoint(
-            ckpt, tasks, overrides, varmap, rng,
-        )?),
-        "adapter" => Box::new(T5Adapter::from_checkpoint(
-            ckpt, tasks, overrides, varmap, rng,
-        )?),
-        other => {
-            return Err(ModelError::Config(format!(
-                "unknown T5 variant `{other}` (pro_adapter, adapter)"
-            )))
-        }
-    })
+) -> Result<Box<dyn Seq2Seq>> {
+    (entry(variant)?.2)(ckpt, tasks, overrides, varmap, rng)
 }
 
 #[cfg(test)]

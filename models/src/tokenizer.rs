@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use propetl_runtime::task::pad_batch;
 use tokenizers::Tokenizer;
 
 use crate::error::{ModelError, Result};
@@ -69,7 +70,7 @@ impl EncoderTokenizer {
             return Err(ModelError::Input("empty batch".into()));
         }
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        pad_batch(&refs, max_len, self.pad_id, &self.device)
+        Ok(pad_batch(&refs, max_len, self.pad_id, &self.device)?)
     }
 
     /// Encode and batch texts.
@@ -80,38 +81,4 @@ impl EncoderTokenizer {
             .collect::<Result<Vec<_>>>()?;
         self.batch(&seqs, max_len)
     }
-}
-
-/// Pad id sequences to the longest one (at most `max_len`) into `(input_ids [B,S] u32,
-/// attention_mask [B,S] u32)`. Truncation keeps the final token (the separator).
-pub fn pad_batch(
-    seqs: &[&[u32]],
-    max_len: usize,
-    pad: u32,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let len = seqs
-        .iter()
-        .map(|s| s.len().min(max_len))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut ids = Vec::with_capacity(seqs.len() * len);
-    let mut mask = Vec::with_capacity(seqs.len() * len);
-    for s in seqs {
-        let n = s.len().min(len);
-        ids.extend_from_slice(&s[..n]);
-        if s.len() > len {
-            let last = ids.len() - 1;
-            ids[last] = *s.last().expect("non-empty");
-        }
-        ids.extend(std::iter::repeat_n(pad, len - n));
-        mask.extend(std::iter::repeat_n(1u32, n));
-        mask.extend(std::iter::repeat_n(0u32, len - n));
-    }
-    let shape = (seqs.len(), len);
-    Ok((
-        Tensor::from_vec(ids, shape, device)?,
-        Tensor::from_vec(mask, shape, device)?,
-    ))
 }

@@ -3,11 +3,13 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
+use syn::Type;
 
 use crate::parse::{parse_spec, parse_struct, Errors, MethodSpec, ModelStruct, Size, Spec};
 
 /// Entry point: parse, validate, expand; on error emit `compile_error!`s plus a stub (the
-/// struct and its `PROPETL` const) so no follow-on errors appear.
+/// struct, its `PROPETL` const and both trait impls, as thiserror's fallback does) so code
+/// that uses the model gets no follow-on errors.
 pub fn propetl(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let spec = parse_spec(args, &mut errors);
@@ -17,15 +19,38 @@ pub fn propetl(args: TokenStream, input: TokenStream) -> TokenStream {
         (err, spec, model) => {
             let err = err.map(|e| e.to_compile_error());
             let stub = match model {
-                Ok(m) => {
-                    let spec = spec.unwrap_or_else(Spec::fallback);
-                    let item = &m.item;
-                    let inherent = inherent_const(&spec, &m);
-                    quote!(#item #inherent)
-                }
+                Ok(m) => stub(&spec.unwrap_or_else(Spec::fallback), &m),
                 Err(original) => original,
             };
             quote!(#err #stub)
+        }
+    }
+}
+
+/// The struct with every generated item, bodies unreachable: emitted next to errors only.
+fn stub(spec: &Spec, model: &ModelStruct) -> TokenStream {
+    let item = &model.item;
+    let name = &item.ident;
+    let (ig, tg, wc) = item.generics.split_for_impl();
+    let k = &spec.krate;
+    let inherent = inherent_const(spec, model);
+    quote! {
+        #item
+        #inherent
+        impl #ig #k::PetlSpec for #name #tg #wc {
+            const PROPETL: #k::PetlConfig = Self::PROPETL;
+            const SITES: #k::Sites = #k::Sites::ALL;
+        }
+        impl #ig #k::ProPetlModel for #name #tg #wc {
+            fn petl(&self) -> &#k::PetlState {
+                ::core::unreachable!()
+            }
+            fn petl_mut(&mut self) -> &mut #k::PetlState {
+                ::core::unreachable!()
+            }
+            fn num_layers(&self) -> usize {
+                ::core::unreachable!()
+            }
         }
     }
 }
@@ -104,6 +129,72 @@ fn inherent_const(spec: &Spec, model: &ModelStruct) -> TokenStream {
     }
 }
 
+/// The block type of a `Vec<Block>` / `[Block; N]` field.
+fn element_type(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Array(a) => Some(&a.elem),
+        Type::Path(p) => match &p.path.segments.last()?.arguments {
+            syn::PathArguments::AngleBracketed(args) => args.args.iter().find_map(|a| match a {
+                syn::GenericArgument::Type(t) => Some(t),
+                _ => None,
+            }),
+            _ => None,
+        },
+        Type::Group(g) => element_type(&g.elem),
+        Type::Paren(p) => element_type(&p.elem),
+        _ => None,
+    }
+}
+
+/// Whether `ty` mentions one of the struct's type parameters.
+fn mentions_generic(ty: &Type, generics: &syn::Generics) -> bool {
+    let params: Vec<String> = generics
+        .type_params()
+        .map(|p| p.ident.to_string())
+        .collect();
+    fn walk(ts: TokenStream, params: &[String]) -> bool {
+        ts.into_iter().any(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) => params.contains(&i.to_string()),
+            proc_macro2::TokenTree::Group(g) => walk(g.stream(), params),
+            _ => false,
+        })
+    }
+    walk(quote!(#ty), &params)
+}
+
+/// A constant that fails to evaluate, at compile time, when the blocks declare no site for
+/// the method (or a LoRA target).
+fn site_check(spec: &Spec, model: &ModelStruct, elem: &Type) -> TokenStream {
+    let k = &spec.krate;
+    let name = &model.item.ident;
+    let layers = model.layers.as_ref().expect("validated");
+    let sites = quote_spanned!(layers.ty.span()=> <#elem as #k::PetlSites>::SITES);
+    let elem_name = quote!(#elem).to_string().replace(' ', "");
+    let (method, targets): (&str, Vec<&str>) = match &spec.method {
+        MethodSpec::Adapter { .. } => ("adapter", vec![]),
+        MethodSpec::Lora { targets, .. } => ("lora", targets.iter().map(String::as_str).collect()),
+        MethodSpec::Prefix { .. } => ("prefix", vec![]),
+    };
+    let msg = format!(
+        "`{name}` uses {method}, but its blocks `{elem_name}` declare no {method} site (see `impl PetlSites for {elem_name}`)"
+    );
+    let target_checks = targets.iter().map(|t| {
+        let variant = syn::Ident::new(&t.to_uppercase(), proc_macro2::Span::call_site());
+        let msg = format!(
+            "`{name}` applies LoRA to `{t}`, but its blocks `{elem_name}` declare no LoRA site on `{t}` (see `impl PetlSites for {elem_name}`)"
+        );
+        quote_spanned!(layers.ty.span()=> if !#sites.has_lora_target(#k::LoraTarget::#variant) { ::core::panic!(#msg) })
+    });
+    quote_spanned! {layers.ty.span()=>
+        const _: () = {
+            if !#sites.has_method(#method) {
+                ::core::panic!(#msg)
+            }
+            #(#target_checks)*
+        };
+    }
+}
+
 /// Expand a valid model.
 pub fn expand(spec: &Spec, model: &ModelStruct) -> TokenStream {
     let item = &model.item;
@@ -118,12 +209,30 @@ pub fn expand(spec: &Spec, model: &ModelStruct) -> TokenStream {
     let get = quote_spanned!(state.ty.span()=> #k::StateField::as_state(&self.#sm));
     let get_mut = quote_spanned!(state.ty.span()=> #k::StateField::as_state_mut(&mut self.#sm));
     let inherent = inherent_const(spec, model);
+    let elem = element_type(&layers.ty).expect("validated: Vec<_> or [_; N]");
+    let generic_blocks = mentions_generic(elem, &item.generics);
+    // a generic block type must declare its sites; a concrete one is checked at compile time
+    let mut spec_generics = item.generics.clone();
+    let check = if generic_blocks {
+        spec_generics
+            .make_where_clause()
+            .predicates
+            .push(syn::parse_quote!(#elem: #k::PetlSites));
+        quote!()
+    } else {
+        site_check(spec, model, elem)
+    };
+    let spec_where = spec_generics.split_for_impl().2;
+    let sites = quote_spanned!(layers.ty.span()=> <#elem as #k::PetlSites>::SITES);
     quote! {
         #item
         #inherent
-        impl #ig #k::ProPetlModel for #name #tg #wc {
+        impl #ig #k::PetlSpec for #name #tg #spec_where {
             // the inherent const (inherent items take precedence over trait items)
             const PROPETL: #k::PetlConfig = Self::PROPETL;
+            const SITES: #k::Sites = #sites;
+        }
+        impl #ig #k::ProPetlModel for #name #tg #wc {
             fn petl(&self) -> &#k::PetlState {
                 #get
             }
@@ -134,6 +243,7 @@ pub fn expand(spec: &Spec, model: &ModelStruct) -> TokenStream {
                 #count
             }
         }
+        #check
     }
 }
 

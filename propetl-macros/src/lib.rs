@@ -26,7 +26,6 @@
 
 mod expand;
 mod parse;
-mod suggest;
 
 use proc_macro::TokenStream;
 

@@ -1,26 +1,18 @@
 //! Parse and validate: tokens → a spanned model of the attribute and the struct.
 //!
 //! Every problem becomes a `syn::Error` pointing at the user's tokens; all of them are
-//! collected (`Errors`) so one compile reports everything.
+//! collected (`Errors`) so one compile reports everything. Names, defaults and the rules
+//! (with their messages) come from `propetl-vocab`, which the runtime checks with too.
 
 use proc_macro2::Span;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprArray, Fields, Item, Lit, Meta, Token, Type};
 
-use crate::suggest::unknown;
-
-pub const METHODS: &[&str] = &["adapter", "lora", "prefix"];
-pub const KEYS: &[&str] = &["share", "mask", "combine", "keep", "crate"];
-pub const SHARES: &[&str] = &["none", "layers", "tasks", "layers+tasks"];
-pub const MASKS: &[&str] = &["binary", "none"];
-pub const COMBINES: &[&str] = &["or", "and", "add"];
-pub const ACTIVATIONS: &[&str] = &["relu", "gelu_new", "gelu"];
-pub const TARGETS: &[&str] = &["q", "k", "v", "o"];
-const ADAPTER_KEYS: &[&str] = &["reduction", "bottleneck", "activation", "init_std"];
-const LORA_KEYS: &[&str] = &["r", "alpha", "targets"];
-const PREFIX_KEYS: &[&str] = &["length", "hidden"];
-const FIELD_ATTRS: &[&str] = &["layers", "state"];
+use propetl_vocab::{
+    self as vocab, defaults, unknown, MethodKind, Names, Structure, ACTIVATION, COMBINE,
+    FIELD_ATTRS, KEYS, MASK, METHOD, METHODS, SHARE, TARGET,
+};
 
 /// Accumulates errors; `combine`s them at the end.
 #[derive(Default)]
@@ -68,10 +60,11 @@ pub enum MethodSpec {
 }
 
 impl MethodSpec {
-    fn default_keep(&self) -> f64 {
+    fn kind(&self) -> MethodKind {
         match self {
-            MethodSpec::Adapter { .. } => 0.5,
-            _ => 0.1,
+            MethodSpec::Adapter { .. } => MethodKind::Adapter,
+            MethodSpec::Lora { .. } => MethodKind::Lora,
+            MethodSpec::Prefix { .. } => MethodKind::Prefix,
         }
     }
 }
@@ -92,14 +85,14 @@ impl Spec {
     pub fn fallback() -> Self {
         Spec {
             method: MethodSpec::Adapter {
-                size: Size::Reduction(12),
-                activation: "relu".into(),
-                init_std: 0.02,
+                size: Size::Reduction(defaults::ADAPTER_REDUCTION),
+                activation: defaults::ADAPTER_ACTIVATION.into(),
+                init_std: defaults::ADAPTER_INIT_STD,
             },
-            share: "layers".into(),
-            mask: "binary".into(),
-            combine: "or".into(),
-            keep: 0.5,
+            share: defaults::SHARE.into(),
+            mask: defaults::mask(defaults::SHARE).into(),
+            combine: defaults::COMBINE.into(),
+            keep: MethodKind::Adapter.default_keep(),
             krate: default_crate(),
         }
     }
@@ -115,23 +108,25 @@ struct Given<T> {
     tokens: proc_macro2::TokenStream,
 }
 
-fn string_value(expr: &Expr, errors: &mut Errors, key: &str, choices: &[&str]) -> Option<String> {
+fn string_value(expr: &Expr, errors: &mut Errors, names: &Names) -> Option<String> {
     match expr {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Str(s), ..
         }) => {
             let v = s.value();
-            if choices.contains(&v.as_str()) {
-                Some(v)
-            } else {
-                errors.at(s, unknown(key, &v, choices));
-                None
+            match names.find(&v) {
+                Ok(_) => Some(v),
+                Err(msg) => {
+                    errors.at(s, msg);
+                    None
+                }
             }
         }
         other => {
+            let key = names.what;
             errors.at(
                 other,
-                format!("`{key}` takes a string, e.g. {key} = \"{}\"", choices[0]),
+                format!("`{key}` takes a string, e.g. {key} = \"{}\"", names.all[0]),
             );
             None
         }
@@ -196,8 +191,12 @@ fn key_of(meta: &Meta) -> String {
         .unwrap_or_else(|| quote::quote!(#meta).to_string())
 }
 
-/// Parse the nested `key = value` list of a method.
-fn nested(meta: &Meta, allowed: &[&str], errors: &mut Errors) -> Vec<(String, Meta, Expr)> {
+/// Parse the nested `key = value` list of a method; keys are returned as the vocabulary's.
+fn nested(
+    meta: &Meta,
+    allowed: &[&'static str],
+    errors: &mut Errors,
+) -> Vec<(&'static str, Meta, Expr)> {
     let list = match meta {
         Meta::Path(_) => return vec![],
         Meta::List(l) => l,
@@ -221,11 +220,12 @@ fn nested(meta: &Meta, allowed: &[&str], errors: &mut Errors) -> Vec<(String, Me
             return vec![];
         }
     };
-    let mut out: Vec<(String, Meta, Expr)> = Vec::new();
+    let mut out: Vec<(&'static str, Meta, Expr)> = Vec::new();
     for item in items {
         let key = key_of(&item);
-        match &item {
-            Meta::NameValue(nv) if allowed.contains(&key.as_str()) => {
+        let known = allowed.iter().copied().find(|k| *k == key);
+        match (&item, known) {
+            (Meta::NameValue(nv), Some(key)) => {
                 if out.iter().any(|(k, _, _)| *k == key) {
                     errors.at(&nv.path, format!("duplicate key `{key}`"));
                     continue;
@@ -233,11 +233,11 @@ fn nested(meta: &Meta, allowed: &[&str], errors: &mut Errors) -> Vec<(String, Me
                 let value = nv.value.clone();
                 out.push((key, item.clone(), value));
             }
-            Meta::NameValue(nv) => errors.at(
+            (Meta::NameValue(nv), None) => errors.at(
                 &nv.path,
                 unknown(&format!("{} option", key_of(meta)), &key, allowed),
             ),
-            other => errors.at(
+            (other, _) => errors.at(
                 other,
                 format!(
                     "expected `key = value` inside {}(...), one of: {}",
@@ -250,27 +250,38 @@ fn nested(meta: &Meta, allowed: &[&str], errors: &mut Errors) -> Vec<(String, Me
     out
 }
 
+/// An integer size, checked by the vocabulary's rule (at least 1).
+fn size_value(value: &Expr, errors: &mut Errors, key: &'static str) -> Option<usize> {
+    let v = int_value(value, errors, key)?;
+    match vocab::check_size(key, v) {
+        Ok(()) => Some(v),
+        Err(p) => {
+            errors.at(value, p);
+            None
+        }
+    }
+}
+
 fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
     let name = key_of(meta);
-    match name.as_str() {
-        "adapter" => {
+    let kind = MethodKind::parse(&name).expect("caller checks METHODS");
+    let mut ok = true;
+    let options = nested(meta, kind.options(), errors);
+    match kind {
+        MethodKind::Adapter => {
             let mut size: Option<Given<Size>> = None;
-            let (mut activation, mut init_std) = ("relu".to_string(), 0.02);
-            let mut ok = true;
-            for (key, item, value) in nested(meta, ADAPTER_KEYS, errors) {
-                match key.as_str() {
+            let mut activation = defaults::ADAPTER_ACTIVATION.to_string();
+            let mut init_std = defaults::ADAPTER_INIT_STD;
+            for (key, item, value) in options {
+                match key {
                     "reduction" | "bottleneck" => {
-                        let Some(v) = int_value(&value, errors, &key) else {
+                        let Some(v) = size_value(&value, errors, key) else {
                             ok = false;
                             continue;
                         };
-                        if v == 0 {
-                            errors.at(&value, format!("adapter `{key}` must be at least 1"));
-                            ok = false;
-                            continue;
-                        }
                         if let Some(prev) = &size {
-                            let mut e = syn::Error::new_spanned(&item, "give either `reduction` or `bottleneck`, not both: the bottleneck is hidden / reduction");
+                            let p = vocab::check_size_choice(true, true).unwrap_err();
+                            let mut e = syn::Error::new_spanned(&item, p);
                             e.combine(syn::Error::new_spanned(
                                 &prev.tokens,
                                 "the other one is given here",
@@ -289,61 +300,74 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
                             tokens: quote::quote!(#item),
                         });
                     }
-                    "activation" => match string_value(&value, errors, "activation", ACTIVATIONS) {
+                    "activation" => match string_value(&value, errors, &ACTIVATION) {
                         Some(a) => activation = a,
                         None => ok = false,
                     },
                     "init_std" => match number_value(&value, errors, "init_std") {
-                        Some(v) if v >= 0.0 && v.is_finite() => init_std = v,
-                        Some(_) => {
-                            errors.at(&value, "`init_std` must be a non-negative number");
-                            ok = false;
-                        }
+                        Some(v) => match vocab::check_init_std(v) {
+                            Ok(()) => init_std = v,
+                            Err(p) => {
+                                errors.at(&value, p);
+                                ok = false;
+                            }
+                        },
                         None => ok = false,
                     },
                     _ => unreachable!("filtered by nested()"),
                 }
             }
             ok.then(|| MethodSpec::Adapter {
-                size: size.map(|s| s.value).unwrap_or(Size::Reduction(12)),
+                size: size
+                    .map(|s| s.value)
+                    .unwrap_or(Size::Reduction(defaults::ADAPTER_REDUCTION)),
                 activation,
                 init_std,
             })
         }
-        "lora" => {
-            let (mut r, mut alpha, mut targets) =
-                (32usize, 48.0f64, vec!["q".to_string(), "v".to_string()]);
-            let mut ok = true;
-            for (key, _item, value) in nested(meta, LORA_KEYS, errors) {
-                match key.as_str() {
-                    "r" => match int_value(&value, errors, "r") {
-                        Some(0) => {
-                            errors.at(&value, "LoRA rank `r` must be at least 1");
-                            ok = false;
-                        }
+        MethodKind::Lora => {
+            let mut r = defaults::LORA_R;
+            let mut alpha = defaults::LORA_ALPHA;
+            let mut targets: Vec<String> = defaults::LORA_TARGETS
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            for (key, _item, value) in options {
+                match key {
+                    "r" => match size_value(&value, errors, "r") {
                         Some(v) => r = v,
                         None => ok = false,
                     },
                     "alpha" => match number_value(&value, errors, "alpha") {
-                        Some(v) => alpha = v,
+                        Some(v) => match vocab::check_alpha(v) {
+                            Ok(()) => alpha = v,
+                            Err(p) => {
+                                errors.at(&value, p);
+                                ok = false;
+                            }
+                        },
                         None => ok = false,
                     },
                     "targets" => match &value {
                         Expr::Array(ExprArray { elems, .. }) => {
                             if elems.is_empty() {
-                                errors.at(&value, format!("LoRA needs at least one target, e.g. targets = [\"q\", \"v\"] (one of: {})", TARGETS.join(", ")));
+                                let p = vocab::check_targets::<&str>(&[]).unwrap_err();
+                                errors.at(&value, p);
                                 ok = false;
                                 continue;
                             }
                             let mut seen: Vec<String> = vec![];
                             for e in elems {
-                                match string_value(e, errors, "LoRA target", TARGETS) {
-                                    Some(t) if seen.contains(&t) => {
-                                        errors.at(e, format!("duplicate LoRA target `{t}`"));
+                                let Some(t) = string_value(e, errors, &TARGET) else {
+                                    ok = false;
+                                    continue;
+                                };
+                                match vocab::check_target(&t, &seen) {
+                                    Ok(()) => seen.push(t),
+                                    Err(p) => {
+                                        errors.at(e, p);
                                         ok = false;
                                     }
-                                    Some(t) => seen.push(t),
-                                    None => ok = false,
                                 }
                             }
                             targets = seen;
@@ -358,15 +382,11 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
             }
             ok.then_some(MethodSpec::Lora { r, alpha, targets })
         }
-        "prefix" => {
-            let (mut length, mut hidden) = (64usize, 512usize);
-            let mut ok = true;
-            for (key, _item, value) in nested(meta, PREFIX_KEYS, errors) {
-                match int_value(&value, errors, &key) {
-                    Some(0) => {
-                        errors.at(&value, format!("prefix `{key}` must be at least 1"));
-                        ok = false;
-                    }
+        MethodKind::Prefix => {
+            let mut length = defaults::PREFIX_LENGTH;
+            let mut hidden = defaults::PREFIX_HIDDEN;
+            for (key, _item, value) in options {
+                match size_value(&value, errors, key) {
                     Some(v) if key == "length" => length = v,
                     Some(v) => hidden = v,
                     None => ok = false,
@@ -374,7 +394,6 @@ fn parse_method(meta: &Meta, errors: &mut Errors) -> Option<MethodSpec> {
             }
             ok.then_some(MethodSpec::Prefix { length, hidden })
         }
-        _ => unreachable!("caller checks METHODS"),
     }
 }
 
@@ -403,7 +422,7 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
 
     for meta in &metas {
         let key = key_of(meta);
-        if METHODS.contains(&key.as_str()) {
+        if METHOD.contains(&key) {
             if let Some((first, first_tokens)) = &method {
                 let mut e = syn::Error::new_spanned(
                     meta.path(),
@@ -453,12 +472,12 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
         let tokens = quote::quote!(#nv);
         match key.as_str() {
             "share" | "mask" | "combine" => {
-                let choices = match key.as_str() {
-                    "share" => SHARES,
-                    "mask" => MASKS,
-                    _ => COMBINES,
+                let names = match key.as_str() {
+                    "share" => &SHARE,
+                    "mask" => &MASK,
+                    _ => &COMBINE,
                 };
-                match string_value(&nv.value, errors, &key, choices) {
+                match string_value(&nv.value, errors, names) {
                     Some(value) => {
                         let given = Some(Given { value, tokens });
                         match key.as_str() {
@@ -471,11 +490,13 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
                 }
             }
             "keep" => match number_value(&nv.value, errors, "keep") {
-                Some(v) if v > 0.0 && v <= 1.0 => keep = Some(Given { value: v, tokens }),
-                Some(v) => {
-                    errors.at(&nv.value, format!("`keep` is the fraction of prototype entries a mask keeps and must lie in (0, 1], got {v}"));
-                    ok = false;
-                }
+                Some(v) => match vocab::check_keep(v) {
+                    Ok(()) => keep = Some(Given { value: v, tokens }),
+                    Err(p) => {
+                        errors.at(&nv.value, p);
+                        ok = false;
+                    }
+                },
                 None => ok = false,
             },
             "crate" => match &nv.value {
@@ -517,59 +538,41 @@ pub fn parse_spec(args: proc_macro2::TokenStream, errors: &mut Errors) -> Option
         return None;
     }
 
-    let share_v = share
-        .as_ref()
-        .map(|s| s.value.clone())
-        .unwrap_or_else(|| "layers".into());
-    let unshared = share_v == "none";
-    let mask_v = mask.as_ref().map(|m| m.value.clone()).unwrap_or_else(|| {
-        if unshared {
-            "none".into()
-        } else {
-            "binary".into()
+    let structure = Structure {
+        share: share.as_ref().map(|s| s.value.as_str()),
+        mask: mask.as_ref().map(|m| m.value.as_str()),
+        combine: combine.as_ref().map(|c| c.value.as_str()),
+        keep: keep.is_some(),
+    };
+    for problem in structure.check() {
+        let tokens = match problem.key {
+            "mask" => mask.as_ref().map(|m| &m.tokens),
+            "keep" => keep.as_ref().map(|k| &k.tokens),
+            _ => combine.as_ref().map(|c| &c.tokens),
+        };
+        match tokens {
+            Some(t) => errors.at(t, problem),
+            None => errors.push(syn::Error::new(Span::call_site(), problem)),
         }
-    });
-    if let (true, Some(m)) = (unshared, &mask) {
-        if m.value == "binary" {
-            errors.at(&m.tokens, "share = \"none\" is the unshared baseline and has no masks: drop `mask = \"binary\"` or share the prototype (share = \"layers\")");
-            ok = false;
-        }
+        ok = false;
     }
-    if let Some(k) = &keep {
-        if mask_v == "none" {
-            let why = if unshared {
-                "share = \"none\" (the unshared baseline) has no masks"
-            } else {
-                "mask = \"none\" has no masks"
-            };
-            errors.at(
-                &k.tokens,
-                format!("`keep` has no effect: {why}; remove `keep`"),
-            );
-            ok = false;
-        }
-    }
-    if let Some(c) = &combine {
-        if share_v != "layers+tasks" {
-            errors.at(&c.tokens, format!("`combine` merges task masks with layer masks and needs share = \"layers+tasks\" (share is \"{share_v}\")"));
-            ok = false;
-        } else if mask_v == "none" {
-            errors.at(&c.tokens, "`combine` has no effect with mask = \"none\"");
-            ok = false;
-        }
-    }
+    let (share_v, mask_v, combine_v) = (
+        structure.share().to_string(),
+        structure.mask().to_string(),
+        structure.combine().to_string(),
+    );
     let method_spec = method_spec.filter(|_| method_ok)?;
     if !ok {
         return None;
     }
     let keep_v = keep
         .map(|k| k.value)
-        .unwrap_or_else(|| method_spec.default_keep());
+        .unwrap_or_else(|| method_spec.kind().default_keep());
     Some(Spec {
         method: method_spec,
         share: share_v,
         mask: mask_v,
-        combine: combine.map(|c| c.value).unwrap_or_else(|| "or".into()),
+        combine: combine_v,
         keep: keep_v,
         krate,
     })

@@ -31,6 +31,18 @@ pub enum PetlError {
         /// The names that exist.
         known: String,
     },
+    /// The configuration needs an injection site the model's blocks do not declare.
+    #[error(
+        "{model} has no {missing} (its blocks declare: {supported}); pick a method it supports"
+    )]
+    UnsupportedSite {
+        /// The model type.
+        model: String,
+        /// The missing site.
+        missing: String,
+        /// The sites the blocks declare.
+        supported: String,
+    },
     /// A score tensor contained NaN or infinity.
     #[error("mask scores `{0}` contain NaN or infinite values")]
     NonFiniteScores(String),
@@ -45,6 +57,9 @@ pub enum PetlError {
         /// What exactly is wrong.
         kind: LoadErrorKind,
     },
+    /// An error of a model built on the runtime (shapes, token ids, checkpoint contents).
+    #[error(transparent)]
+    Model(Box<dyn std::error::Error + Send + Sync>),
     /// An I/O error with the path involved.
     #[error("I/O error on {path}: {source}")]
     Io {

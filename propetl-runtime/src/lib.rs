@@ -11,12 +11,16 @@
 //!   effective modules ([`PetlContext`]);
 //! - [`optim`]: AdamW with parameter groups, warmup/decay schedule, gradient clipping;
 //! - [`storage`]: the storage report of method page §6;
-//! - [`model`]: the [`ProPetlModel`] trait the attribute implements;
+//! - [`model`]: the [`PetlSpec`] and [`ProPetlModel`] traits the attribute implements, and
+//!   the [`PetlSites`] declaration of block types;
+//! - [`task`]: the [`TaskModel`] interface the trainer uses;
+//! - [`device`]: devices by name ([`DeviceSpec`]);
 //! - [`io`]: bit-packed save/load with a versioned manifest;
 //! - [`ops`]: differentiable softmax / LayerNorm / losses (Candle 0.11's fused ones drop
 //!   gradients).
 
 pub mod alloc;
+pub mod device;
 pub mod error;
 mod fused;
 pub mod io;
@@ -30,14 +34,21 @@ pub mod rng;
 pub mod spec;
 pub mod state;
 pub mod storage;
+pub mod task;
+pub mod variant;
 
+pub use device::DeviceSpec;
 pub use error::{LoadErrorKind, PetlError, Result};
 pub use io::{LoadedState, Manifest};
-pub use model::{LayerStack, ProPetlModel, StateField};
+pub use model::{LayerStack, PetlSites, PetlSpec, ProPetlModel, Sites, StateField};
+pub use optim::{
+    clip_grad_norm, reference_groups, AdamW, GroupHyper, ParamGroup, Role, Schedule, Trainable,
+};
 pub use overrides::NumericOverrides;
-pub use optim::{clip_grad_norm, reference_groups, AdamW, GroupHyper, ParamGroup, Role, Schedule};
 pub use plan::{PetlLayout, Plan};
 pub use rng::PetlRng;
 pub use spec::{Activation, AdapterSize, Combine, LoraTarget, MaskKind, Method, PetlConfig, Share};
 pub use state::{LayerPetl, PetlContext, PetlState};
 pub use storage::StorageReport;
+pub use task::{Batch, Example, ForwardMode, Prediction, TaskKind, TaskModel};
+pub use variant::Variant;

@@ -1,18 +1,27 @@
-//! The trait the `#[propetl]` attribute implements for a model struct.
+//! The traits the `#[propetl]` attribute implements for a model struct, and the injection-site
+//! declaration of block types.
+//!
+//! - [`PetlSpec`]: the compile-time side (the `PROPETL` description, the blocks' [`Sites`],
+//!   building a fresh state). Not object-safe (an associated const and a `self`-less
+//!   constructor), and it does not need to be.
+//! - [`ProPetlModel`]: the instance API (the state, per-task contexts, optimizer groups,
+//!   storage, save/load, freezing, materializing). Object-safe: `Box<dyn ProPetlModel>` works,
+//!   and so does every trait built on it (the trainer's `TaskModel`).
+//! - [`PetlSites`]: what a block type declares about where a PETL module can go.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{PetlError, Result};
 use crate::io::{LoadedState, Manifest};
-use crate::optim::{reference_groups, GroupHyper, ParamGroup};
+use crate::optim::{reference_groups, GroupHyper, ParamGroup, Trainable};
+use crate::overrides::NumericOverrides;
 use crate::plan::PetlLayout;
 use crate::rng::PetlRng;
-use crate::spec::{AdapterSize, Method, PetlConfig};
+use crate::spec::{LoraTarget, Method, PetlConfig};
 use crate::state::{LayerPetl, PetlContext, PetlState};
 use crate::storage::StorageReport;
 
@@ -51,12 +60,139 @@ impl StateField for PetlState {
     }
 }
 
-/// What `#[propetl(...)]` implements for an annotated model struct. The required items are
-/// generated; everything else is provided on top of them.
-pub trait ProPetlModel {
-    /// The compile-time description from the attribute.
-    const PROPETL: PetlConfig;
+/// Where a block can take a PETL module: the adapter site after its FFN, LoRA on some
+/// attention projections, prefix keys/values in its attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sites {
+    /// The block calls `LayerPetl::adapter` (a bottleneck adapter after the FFN).
+    pub adapter: bool,
+    /// The projections whose output the block adds `LayerPetl::lora_delta` to.
+    pub lora: &'static [LoraTarget],
+    /// The block prepends `LayerPetl::prefix_kv` to its attention keys and values.
+    pub prefix: bool,
+}
 
+impl Sites {
+    /// Every site: adapter, LoRA on q/k/v/o, prefix.
+    pub const ALL: Sites = Sites {
+        adapter: true,
+        lora: &[LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O],
+        prefix: true,
+    };
+    /// Only the adapter site.
+    pub const ADAPTER: Sites = Sites {
+        adapter: true,
+        lora: &[],
+        prefix: false,
+    };
+
+    /// Whether the block has a site for a method (`"adapter"`, `"lora"`, `"prefix"`); usable
+    /// in constants, which is how the attribute rejects a missing site at compile time.
+    pub const fn has_method(&self, method: &str) -> bool {
+        match method.as_bytes() {
+            b"adapter" => self.adapter,
+            b"lora" => !self.lora.is_empty(),
+            b"prefix" => self.prefix,
+            _ => false,
+        }
+    }
+
+    /// Whether the block can apply LoRA to `target`.
+    pub const fn has_lora_target(&self, target: LoraTarget) -> bool {
+        let mut i = 0;
+        while i < self.lora.len() {
+            if self.lora[i] as u8 == target as u8 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// A clear error when `config` needs a site these blocks do not have; `model` names the
+    /// model in the message.
+    pub fn check(&self, config: &PetlConfig, model: &str) -> Result<()> {
+        let missing = match &config.method {
+            Method::Adapter { .. } if !self.adapter => Some("an adapter site".to_string()),
+            Method::Prefix { .. } if !self.prefix => Some("a prefix site".to_string()),
+            Method::Lora { targets, .. } => {
+                let absent: Vec<String> = targets
+                    .iter()
+                    .filter(|t| !self.has_lora_target(**t))
+                    .map(|t| t.to_string())
+                    .collect();
+                (!absent.is_empty()).then(|| format!("a LoRA site on {}", absent.join(", ")))
+            }
+            _ => None,
+        };
+        match missing {
+            None => Ok(()),
+            Some(what) => Err(PetlError::UnsupportedSite {
+                model: model.to_string(),
+                missing: what,
+                supported: self.describe(),
+            }),
+        }
+    }
+
+    /// `adapter, lora(q, v), prefix`-style list of the sites.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.adapter {
+            parts.push("adapter".to_string());
+        }
+        if !self.lora.is_empty() {
+            let t: Vec<String> = self.lora.iter().map(|t| t.to_string()).collect();
+            parts.push(format!("lora({})", t.join(", ")));
+        }
+        if self.prefix {
+            parts.push("prefix".to_string());
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Implemented by a block type (the element of the `#[propetl(layers)]` field) to declare
+/// where its `forward` applies PETL modules. The attribute refuses, at compile time, a method
+/// the blocks have no site for; [`PetlSpec::init_petl`] checks the same at run time.
+pub trait PetlSites {
+    /// The block's injection sites.
+    const SITES: Sites;
+}
+
+/// The compile-time side of an annotated model: generated by `#[propetl]`.
+pub trait PetlSpec {
+    /// The description from the attribute.
+    const PROPETL: PetlConfig;
+    /// The injection sites of the model's blocks.
+    const SITES: Sites;
+
+    /// Build a fresh PETL state for this model from the compile-time spec (with optional
+    /// run-time numeric overrides), registering every trainable tensor in `varmap`. Errors
+    /// when the blocks have no site for the method or an override is invalid.
+    fn init_petl(
+        layout: &PetlLayout,
+        overrides: &NumericOverrides,
+        varmap: &VarMap,
+        rng: &mut PetlRng,
+        device: &Device,
+    ) -> Result<PetlState>
+    where
+        Self: Sized,
+    {
+        let cfg = overrides.apply(&Self::PROPETL)?;
+        Self::SITES.check(&cfg, std::any::type_name::<Self>())?;
+        PetlState::new(&cfg, layout, varmap, rng, device)
+    }
+}
+
+/// The instance API of an annotated model (object-safe). The three required methods are
+/// generated by `#[propetl]`; everything else is provided on top of them.
+pub trait ProPetlModel {
     /// The PETL state field (`#[propetl(state)]`).
     fn petl(&self) -> &PetlState;
 
@@ -65,19 +201,6 @@ pub trait ProPetlModel {
 
     /// Number of repeated blocks (`#[propetl(layers)]`).
     fn num_layers(&self) -> usize;
-
-    /// Build a fresh PETL state for this model from the compile-time spec (with optional
-    /// run-time numeric overrides), registering every trainable tensor in `varmap`.
-    fn init_petl(
-        layout: &PetlLayout,
-        overrides: &NumericOverrides,
-        varmap: &VarMap,
-        rng: &mut PetlRng,
-        device: &Device,
-    ) -> Result<PetlState> {
-        let cfg = overrides.apply(&Self::PROPETL)?;
-        PetlState::new(&cfg, layout, varmap, rng, device)
-    }
 
     /// The effective (masked) modules of every layer for `task`: call once per forward pass.
     fn petl_context(&self, task: &str) -> Result<PetlContext> {
@@ -105,11 +228,12 @@ pub trait ProPetlModel {
         Ok(ctx.layer(layer).clone())
     }
 
-    /// The reference optimizer groups over every trainable variable of `varmap` (PETL
-    /// tensors, scores and heads).
-    fn optimizer_groups(&self, varmap: &VarMap, hyper: &GroupHyper) -> Vec<ParamGroup> {
-        let vars = varmap.data().lock().expect("varmap lock").clone();
-        reference_groups(vars, hyper)
+    /// The reference optimizer groups (method page §4) over the PETL state's trainable
+    /// tensors plus `heads` (e.g. a classification head); roles come from the state.
+    fn optimizer_groups(&self, hyper: &GroupHyper, heads: &[Trainable]) -> Vec<ParamGroup> {
+        let mut all = self.petl().trainables();
+        all.extend_from_slice(heads);
+        reference_groups(all, hyper)
     }
 
     /// The storage report (method page §6).
@@ -138,8 +262,9 @@ pub trait ProPetlModel {
         self.petl_mut().freeze()
     }
 
-    /// Freeze and materialize dense per-layer modules for inference (method page §7).
-    fn merge_for_inference(&mut self) -> Result<()> {
-        self.petl_mut().merge()
+    /// Freeze the masks and cache the dense masked module of every layer per task (method
+    /// page §7): inference then runs no top-k and builds no graph.
+    fn materialize_for_inference(&mut self) -> Result<()> {
+        self.petl_mut().materialize()
     }
 }

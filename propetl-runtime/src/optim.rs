@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PetlError, Result};
 
-/// Which optimizer group a trainable tensor belongs to (method page §4).
+/// Which optimizer group a trainable tensor belongs to (method page §4). The PETL state
+/// knows the role of each of its tensors (its plan creates them); heads declare theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Mask scores (`mask.*`): own learning rate and weight decay.
+    /// Mask scores: own learning rate and weight decay.
     Mask,
     /// Other weights: decayed.
     Decay,
@@ -24,16 +25,25 @@ pub enum Role {
     NoDecay,
 }
 
-/// The group of a variable by its name: `mask.*` → [`Role::Mask`]; names ending in `bias` or
-/// containing `norm` (any case) → [`Role::NoDecay`]; everything else → [`Role::Decay`].
-pub fn role_of(name: &str) -> Role {
-    let lower = name.to_ascii_lowercase();
-    if name.starts_with("mask.") {
-        Role::Mask
-    } else if lower.ends_with("bias") || lower.contains("norm") {
-        Role::NoDecay
-    } else {
-        Role::Decay
+/// A trainable tensor: its stable name, the variable and its optimizer role.
+#[derive(Debug, Clone)]
+pub struct Trainable {
+    /// Stable name (`adapter.down.weight`, `mask.0.down`, `head.dense.bias`, …).
+    pub name: String,
+    /// The variable.
+    pub var: Var,
+    /// Optimizer group.
+    pub role: Role,
+}
+
+impl Trainable {
+    /// A trainable tensor.
+    pub fn new(name: impl Into<String>, var: Var, role: Role) -> Self {
+        Self {
+            name: name.into(),
+            var,
+            role,
+        }
     }
 }
 
@@ -75,10 +85,10 @@ pub struct ParamGroup {
     pub weight_decay: f64,
 }
 
-/// Split named variables into the three reference groups by [`role_of`]. Empty groups are kept
-/// (with no parameters) so group names are stable.
+/// Split trainable tensors into the three reference groups by their [`Role`]. Empty groups
+/// are kept (with no parameters) so group names are stable.
 pub fn reference_groups(
-    vars: impl IntoIterator<Item = (String, Var)>,
+    trainables: impl IntoIterator<Item = Trainable>,
     hyper: &GroupHyper,
 ) -> Vec<ParamGroup> {
     let mut groups = vec![
@@ -101,15 +111,15 @@ pub fn reference_groups(
             weight_decay: 0.0,
         },
     ];
-    let mut vars: Vec<_> = vars.into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, var) in vars {
-        let i = match role_of(&name) {
+    let mut all: Vec<Trainable> = trainables.into_iter().collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in all {
+        let i = match t.role {
             Role::Mask => 0,
             Role::Decay => 1,
             Role::NoDecay => 2,
         };
-        groups[i].params.push((name, var));
+        groups[i].params.push((t.name, t.var));
     }
     groups
 }
@@ -294,15 +304,6 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn roles_by_name() {
-        assert_eq!(role_of("mask.0.down"), Role::Mask);
-        assert_eq!(role_of("adapter.down.bias"), Role::NoDecay);
-        assert_eq!(role_of("encoder.LayerNorm.weight"), Role::NoDecay);
-        assert_eq!(role_of("lora.q.A"), Role::Decay);
-        assert_eq!(role_of("head.dense.weight"), Role::Decay);
-    }
-
-    #[test]
     fn schedule_boundaries() {
         let s = Schedule::LinearWarmupDecay {
             warmup_steps: 10,
@@ -338,13 +339,18 @@ mod tests {
             ("adapter.down.weight".to_string(), mk(1.0)),
             ("adapter.down.bias".to_string(), mk(1.0)),
         ];
+        let roles = [Role::Mask, Role::Decay, Role::NoDecay];
         let hyper = GroupHyper {
             lr: 0.1,
             mask_lr: 0.01,
             weight_decay: 0.5,
             mask_weight_decay: 0.2,
         };
-        let groups = reference_groups(vars.clone(), &hyper);
+        let trainables = vars
+            .iter()
+            .zip(roles)
+            .map(|((n, v), r)| Trainable::new(n.clone(), v.clone(), r));
+        let groups = reference_groups(trainables, &hyper);
         assert_eq!(groups[0].params[0].0, "mask.0.down");
         assert_eq!(groups[1].params[0].0, "adapter.down.weight");
         assert_eq!(groups[2].params[0].0, "adapter.down.bias");

@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PetlError, Result};
+use crate::optim::Role;
 use crate::rng::fan_in;
 use crate::spec::{AdapterSize, Method, PetlConfig, Share};
 
@@ -128,6 +129,8 @@ pub struct ProtoTensor {
     pub shape: Vec<usize>,
     /// Initialization.
     pub init: Init,
+    /// Optimizer group (biases are not decayed).
+    pub role: Role,
 }
 
 /// One trainable score tensor.
@@ -220,12 +223,21 @@ impl Plan {
         };
         let m = config.method.name();
         let mut prototype = Vec::new();
+        // biases are the only prototype tensors without weight decay (method page §4)
+        let role = |suffix: &str| {
+            if suffix.ends_with("bias") {
+                Role::NoDecay
+            } else {
+                Role::Decay
+            }
+        };
         if shared || matches!(config.method, Method::Prefix { .. }) {
             for (suffix, shape, init) in &module {
                 prototype.push(ProtoTensor {
                     name: format!("{m}.{suffix}"),
                     shape: shape.clone(),
                     init: *init,
+                    role: role(suffix),
                 });
             }
         } else {
@@ -235,6 +247,7 @@ impl Plan {
                         name: format!("{m}.{layer}.{suffix}"),
                         shape: shape.clone(),
                         init: *init,
+                        role: role(suffix),
                     });
                 }
             }

@@ -4,13 +4,20 @@
 //! `MyModel::PROPETL`) and serde-serializable (it is written into every saved manifest).
 //! Structural choices are fixed at compile time by the attribute; numeric hyper-parameters
 //! may be overridden at run time with the `with_*` builders.
+//!
+//! Names, the paper's defaults and the validation rules come from `propetl-vocab`, which the
+//! attribute uses too: a name, default or combination means the same at compile and run time,
+//! and is rejected with the same message.
 
 use std::borrow::Cow;
 use std::fmt;
 
+use propetl_vocab::{self as vocab, defaults, Structure};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PetlError, Result};
+
+pub use propetl_vocab::MethodKind;
 
 /// How the PETL module is shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,48 +123,87 @@ pub enum Method {
     },
 }
 
+/// The paper's LoRA targets as runtime values (checked against the vocabulary at compile time).
+const PAPER_LORA_TARGETS: [LoraTarget; 2] = [
+    LoraTarget::ALL[vocab::index_of(vocab::TARGETS, defaults::LORA_TARGETS[0])],
+    LoraTarget::ALL[vocab::index_of(vocab::TARGETS, defaults::LORA_TARGETS[1])],
+];
+
 impl Method {
     /// The paper's adapter: reduction 12, ReLU, N(0, 0.02).
     pub const ADAPTER: Method = Method::Adapter {
-        size: AdapterSize::Reduction(12),
-        activation: Activation::Relu,
-        init_std: 0.02,
+        size: AdapterSize::Reduction(defaults::ADAPTER_REDUCTION),
+        activation: Activation::ALL
+            [vocab::index_of(vocab::ACTIVATIONS, defaults::ADAPTER_ACTIVATION)],
+        init_std: defaults::ADAPTER_INIT_STD,
     };
     /// The paper's LoRA: r 32, α 48, on q and v.
     pub const LORA: Method = Method::Lora {
-        r: 32,
-        alpha: 48.0,
-        targets: Cow::Borrowed(&[LoraTarget::Q, LoraTarget::V]),
+        r: defaults::LORA_R,
+        alpha: defaults::LORA_ALPHA,
+        targets: Cow::Borrowed(&PAPER_LORA_TARGETS),
     };
     /// The paper's prefix: length 64, MLP hidden 512.
     pub const PREFIX: Method = Method::Prefix {
-        length: 64,
-        hidden: 512,
+        length: defaults::PREFIX_LENGTH,
+        hidden: defaults::PREFIX_HIDDEN,
     };
+
+    /// The paper's method of a name (`adapter`, `lora`, `prefix`); unknown names get the
+    /// attribute's "did you mean" message.
+    pub fn paper(name: &str) -> Result<Method> {
+        let kind = MethodKind::parse(name).map_err(PetlError::config)?;
+        Ok(match kind {
+            MethodKind::Adapter => Method::ADAPTER,
+            MethodKind::Lora => Method::LORA,
+            MethodKind::Prefix => Method::PREFIX,
+        })
+    }
+
+    /// The method without its hyper-parameters.
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::Adapter { .. } => MethodKind::Adapter,
+            Method::Lora { .. } => MethodKind::Lora,
+            Method::Prefix { .. } => MethodKind::Prefix,
+        }
+    }
 
     /// Short name: `adapter`, `lora` or `prefix`.
     pub fn name(&self) -> &'static str {
-        match self {
-            Method::Adapter { .. } => "adapter",
-            Method::Lora { .. } => "lora",
-            Method::Prefix { .. } => "prefix",
-        }
+        self.kind().name()
     }
 
     /// The paper's default keep ratio of this method (method page §3).
     pub fn default_keep(&self) -> f64 {
-        match self {
-            Method::Adapter { .. } => 0.5,
-            Method::Lora { .. } | Method::Prefix { .. } => 0.1,
-        }
+        self.kind().default_keep()
     }
 
     /// The paper's mask-score learning rate of this method (method page §3).
     pub fn default_mask_lr(&self) -> f64 {
+        self.kind().default_mask_lr()
+    }
+
+    /// Check the hyper-parameters with the attribute's rules.
+    fn check(&self) -> std::result::Result<(), vocab::Problem> {
         match self {
-            Method::Adapter { .. } => 3e-3,
-            Method::Lora { .. } => 3e-2,
-            Method::Prefix { .. } => 1e-4,
+            Method::Adapter { size, init_std, .. } => {
+                match *size {
+                    AdapterSize::Reduction(r) => vocab::check_size("reduction", r)?,
+                    AdapterSize::Bottleneck(b) => vocab::check_size("bottleneck", b)?,
+                }
+                vocab::check_init_std(*init_std)
+            }
+            Method::Lora { r, alpha, targets } => {
+                vocab::check_size("r", *r)?;
+                vocab::check_alpha(*alpha)?;
+                let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+                vocab::check_targets(&names)
+            }
+            Method::Prefix { length, hidden } => {
+                vocab::check_size("length", *length)?;
+                vocab::check_size("hidden", *hidden)
+            }
         }
     }
 }
@@ -183,9 +229,9 @@ impl PetlConfig {
         let keep = method.default_keep();
         Self {
             method,
-            share: Share::Layers,
-            mask: MaskKind::Binary,
-            combine: Combine::Or,
+            share: Share::DEFAULT,
+            mask: MaskKind::default_for(Share::DEFAULT),
+            combine: Combine::DEFAULT,
             keep,
         }
     }
@@ -194,9 +240,45 @@ impl PetlConfig {
     pub fn unshared(method: Method) -> Self {
         Self {
             share: Share::None,
-            mask: MaskKind::None,
+            mask: MaskKind::default_for(Share::None),
             ..Self::pro(method)
         }
+    }
+
+    /// A configuration from structural names, as the attribute would build it from
+    /// `share = …, mask = …, combine = …, keep = …` (`None`: not given, the default applies).
+    /// Unknown names and the combinations the attribute rejects are errors with its messages.
+    pub fn from_names(
+        method: Method,
+        share: Option<&str>,
+        mask: Option<&str>,
+        combine: Option<&str>,
+        keep: Option<f64>,
+    ) -> Result<Self> {
+        let share = share.map(str::parse::<Share>).transpose()?;
+        let mask = mask.map(str::parse::<MaskKind>).transpose()?;
+        let combine = combine.map(str::parse::<Combine>).transpose()?;
+        if let Some(k) = keep {
+            vocab::check_keep(k).map_err(config_error)?;
+        }
+        let structure = Structure {
+            share: share.map(Share::name),
+            mask: mask.map(MaskKind::name),
+            combine: combine.map(Combine::name),
+            keep: keep.is_some(),
+        };
+        if let Some(p) = structure.check().into_iter().next() {
+            return Err(config_error(p));
+        }
+        let c = Self {
+            keep: keep.unwrap_or_else(|| method.default_keep()),
+            method,
+            share: structure.share().parse()?,
+            mask: structure.mask().parse()?,
+            combine: structure.combine().parse()?,
+        };
+        c.validate()?;
+        Ok(c)
     }
 
     /// Override the keep ratio.
@@ -224,51 +306,30 @@ impl PetlConfig {
         matches!(self.share, Share::Layers | Share::LayersTasks)
     }
 
-    /// Check ranges and combinations; the attribute checks the same at compile time.
+    /// The structure as the vocabulary's rules see it. Every stored field counts as given,
+    /// except `combine` when it is the default (a stored default is what the attribute fills
+    /// in when `combine` is left out); `keep` counts as given when `keep_given`.
+    pub fn structure(&self, keep_given: bool) -> Structure<'static> {
+        Structure {
+            share: Some(self.share.name()),
+            mask: Some(self.mask.name()),
+            combine: (self.combine != Combine::DEFAULT).then(|| self.combine.name()),
+            keep: keep_given,
+        }
+    }
+
+    /// Check ranges and combinations with the attribute's rules and messages: `keep` in
+    /// (0, 1], sizes ≥ 1, finite numbers, LoRA targets, no binary mask on `share = none`,
+    /// and a `combine` other than the default only with `share = layers+tasks` and binary
+    /// masks. The stored `keep` of a configuration without masks is ignored, not an error
+    /// (every configuration stores one); a `keep` override of one is rejected by
+    /// [`NumericOverrides::apply`](crate::NumericOverrides::apply).
     pub fn validate(&self) -> Result<()> {
-        if !(self.keep > 0.0 && self.keep <= 1.0) {
-            return Err(PetlError::config(format!(
-                "keep must lie in (0, 1], got {}",
-                self.keep
-            )));
+        vocab::check_keep(self.keep).map_err(config_error)?;
+        if let Some(p) = self.structure(false).check().into_iter().next() {
+            return Err(config_error(p));
         }
-        match &self.method {
-            Method::Adapter { size, init_std, .. } => {
-                if matches!(size, AdapterSize::Reduction(0) | AdapterSize::Bottleneck(0)) {
-                    return Err(PetlError::config(
-                        "adapter reduction/bottleneck must be > 0",
-                    ));
-                }
-                if !(init_std.is_finite() && *init_std >= 0.0) {
-                    return Err(PetlError::config(
-                        "adapter init_std must be finite and >= 0",
-                    ));
-                }
-            }
-            Method::Lora { r, alpha, targets } => {
-                if *r == 0 {
-                    return Err(PetlError::config("LoRA rank r must be > 0"));
-                }
-                if !alpha.is_finite() {
-                    return Err(PetlError::config("LoRA alpha must be finite"));
-                }
-                if targets.is_empty() {
-                    return Err(PetlError::config("LoRA needs at least one target"));
-                }
-                let mut sorted = targets.to_vec();
-                sorted.sort();
-                sorted.dedup();
-                if sorted.len() != targets.len() {
-                    return Err(PetlError::config("LoRA targets contain a duplicate"));
-                }
-            }
-            Method::Prefix { length, hidden } => {
-                if *length == 0 || *hidden == 0 {
-                    return Err(PetlError::config("prefix length and hidden must be > 0"));
-                }
-            }
-        }
-        Ok(())
+        self.method.check().map_err(config_error)
     }
 
     /// A one-line human description, e.g. `adapter share=layers mask=binary keep=0.5`.
@@ -286,51 +347,66 @@ impl PetlConfig {
     }
 }
 
-impl fmt::Display for Share {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Share::None => "none",
-            Share::Layers => "layers",
-            Share::Tasks => "tasks",
-            Share::LayersTasks => "layers+tasks",
-        })
-    }
+/// A vocabulary problem as a configuration error.
+pub(crate) fn config_error(p: vocab::Problem) -> PetlError {
+    PetlError::config(p.message)
 }
 
-impl fmt::Display for LoraTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LoraTarget::Q => "q",
-            LoraTarget::K => "k",
-            LoraTarget::V => "v",
-            LoraTarget::O => "o",
-        })
-    }
-}
+/// Names, `Display` and `FromStr` of an enum from a vocabulary list (variants in its order).
+macro_rules! named_enum {
+    ($ty:ident, $names:expr, [$($v:ident),+ $(,)?]) => {
+        impl $ty {
+            /// Every variant, in the order of the vocabulary's list.
+            pub const ALL: &'static [$ty] = &[$($ty::$v),+];
 
-macro_rules! from_str_enum {
-    ($ty:ty, $what:literal, { $($s:literal => $v:expr),* $(,)? }) => {
+            /// The name the attribute and configuration files use.
+            pub const fn name(self) -> &'static str {
+                $names.all[self as usize]
+            }
+        }
+
+        const _: () = assert!($ty::ALL.len() == $names.all.len());
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
         impl std::str::FromStr for $ty {
             type Err = PetlError;
+            /// Unknown names get the attribute's "did you mean" message.
             fn from_str(s: &str) -> Result<Self> {
-                match s {
-                    $($s => Ok($v),)*
-                    other => Err(PetlError::config(format!(
-                        concat!("unknown ", $what, " `{}` (expected one of: {})"),
-                        other,
-                        [$($s),*].join(", ")
-                    ))),
-                }
+                $names.find(s).map(|i| Self::ALL[i]).map_err(PetlError::config)
             }
         }
     };
 }
 
-from_str_enum!(Share, "share", { "none" => Share::None, "layers" => Share::Layers, "tasks" => Share::Tasks, "layers+tasks" => Share::LayersTasks });
-from_str_enum!(MaskKind, "mask", { "binary" => MaskKind::Binary, "none" => MaskKind::None });
-from_str_enum!(Combine, "combine", { "or" => Combine::Or, "and" => Combine::And, "add" => Combine::Add });
-from_str_enum!(Activation, "activation", { "relu" => Activation::Relu, "gelu_new" => Activation::GeluNew, "gelu" => Activation::Gelu });
-from_str_enum!(LoraTarget, "LoRA target", { "q" => LoraTarget::Q, "k" => LoraTarget::K, "v" => LoraTarget::V, "o" => LoraTarget::O });
+named_enum!(Share, vocab::SHARE, [None, Layers, Tasks, LayersTasks]);
+named_enum!(MaskKind, vocab::MASK, [Binary, None]);
+named_enum!(Combine, vocab::COMBINE, [Or, And, Add]);
+named_enum!(Activation, vocab::ACTIVATION, [Relu, GeluNew, Gelu]);
+named_enum!(LoraTarget, vocab::TARGET, [Q, K, V, O]);
+
+impl Share {
+    /// The default sharing mode (`layers`).
+    pub const DEFAULT: Share = Share::ALL[vocab::index_of(vocab::SHARES, defaults::SHARE)];
+}
+
+impl MaskKind {
+    /// The mask kind when none is given: `none` for the unshared baseline, else `binary`.
+    pub fn default_for(share: Share) -> MaskKind {
+        defaults::mask(share.name())
+            .parse()
+            .expect("the default mask is a mask name")
+    }
+}
+
+impl Combine {
+    /// The default combination (`or`).
+    pub const DEFAULT: Combine = Combine::ALL[vocab::index_of(vocab::COMBINES, defaults::COMBINE)];
+}
 
 #[cfg(test)]
 mod tests {

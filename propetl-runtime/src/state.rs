@@ -16,6 +16,7 @@ use candle_nn::VarMap;
 use crate::error::{PetlError, Result};
 use crate::mask;
 use crate::ops;
+use crate::optim::{Role, Trainable};
 use crate::plan::{layer_mask_name, task_layer_mask_name, task_mask_name, Init, Plan};
 use crate::rng::PetlRng;
 use crate::spec::{Activation, LoraTarget, Method, PetlConfig, Share};
@@ -40,9 +41,9 @@ pub struct PetlState {
     scores: BTreeMap<String, Var>,
     /// Hard masks fixed by [`PetlState::freeze`] or loaded from disk.
     frozen: Option<BTreeMap<String, Tensor>>,
-    /// Per-task contexts cached by [`PetlState::merge`].
-    merged: Arc<Mutex<HashMap<String, PetlContext>>>,
-    is_merged: bool,
+    /// Per-task contexts cached by [`PetlState::materialize`].
+    materialized: Arc<Mutex<HashMap<String, PetlContext>>>,
+    is_materialized: bool,
     device: Device,
 }
 
@@ -84,8 +85,8 @@ impl PetlState {
             values: Values::Trainable(values),
             scores,
             frozen: None,
-            merged: Default::default(),
-            is_merged: false,
+            materialized: Default::default(),
+            is_materialized: false,
             device: device.clone(),
         })
     }
@@ -102,8 +103,8 @@ impl PetlState {
             values: Values::Fixed(values),
             scores: BTreeMap::new(),
             frozen: Some(masks),
-            merged: Default::default(),
-            is_merged: false,
+            materialized: Default::default(),
+            is_materialized: false,
             device: device.clone(),
         }
     }
@@ -144,6 +145,23 @@ impl PetlState {
             .collect()
     }
 
+    /// Every trainable tensor with its optimizer role: prototype tensors (roles from the
+    /// plan) and mask scores ([`Role::Mask`]). Empty for a loaded, inference-only state.
+    pub fn trainables(&self) -> Vec<Trainable> {
+        let mut out = Vec::new();
+        if let Values::Trainable(vars) = &self.values {
+            for p in &self.plan.prototype {
+                if let Some(v) = vars.get(&p.name) {
+                    out.push(Trainable::new(p.name.clone(), v.clone(), p.role));
+                }
+            }
+        }
+        for (name, var) in &self.scores {
+            out.push(Trainable::new(name.clone(), var.clone(), Role::Mask));
+        }
+        out
+    }
+
     /// Whether masks are fixed (after [`freeze`](Self::freeze) or loading).
     pub fn is_frozen(&self) -> bool {
         self.frozen.is_some()
@@ -160,11 +178,11 @@ impl PetlState {
             );
         }
         self.frozen = Some(out);
-        self.merged.lock().expect("lock").clear();
+        self.materialized.lock().expect("lock").clear();
         Ok(())
     }
 
-    /// Undo [`freeze`](Self::freeze) and [`merge`](Self::merge) (training again). Errors for a
+    /// Undo [`freeze`](Self::freeze) and [`materialize`](Self::materialize) (training again). Errors for a
     /// loaded state, which has no scores.
     pub fn unfreeze(&mut self) -> Result<()> {
         if matches!(self.values, Values::Fixed(_)) {
@@ -173,19 +191,19 @@ impl PetlState {
             ));
         }
         self.frozen = None;
-        self.is_merged = false;
-        self.merged.lock().expect("lock").clear();
+        self.is_materialized = false;
+        self.materialized.lock().expect("lock").clear();
         Ok(())
     }
 
     /// Freeze masks and materialize dense per-layer modules once per task (method page §7):
     /// `D ⊙ M`, `U ⊙ M` per layer, LoRA factors masked, the prefix MLP evaluated once.
     /// Contexts are then served from a cache (no top-k, no MLP, no graph).
-    pub fn merge(&mut self) -> Result<()> {
+    pub fn materialize(&mut self) -> Result<()> {
         if !self.is_frozen() {
             self.freeze()?;
         }
-        self.is_merged = true;
+        self.is_materialized = true;
         Ok(())
     }
 
@@ -277,15 +295,15 @@ impl PetlState {
     /// The effective modules of every layer for `task` (one call per forward pass).
     pub fn context(&self, task: &str) -> Result<PetlContext> {
         self.plan.layout.task_index(task)?;
-        if self.is_merged {
-            if let Some(c) = self.merged.lock().expect("lock").get(task) {
+        if self.is_materialized {
+            if let Some(c) = self.materialized.lock().expect("lock").get(task) {
                 return Ok(c.clone());
             }
         }
         let ctx = self.build_context(task)?;
-        if self.is_merged {
+        if self.is_materialized {
             let ctx = ctx.detached()?;
-            self.merged
+            self.materialized
                 .lock()
                 .expect("lock")
                 .insert(task.to_string(), ctx.clone());
@@ -441,7 +459,7 @@ impl PetlState {
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(&self.device)?)?;
         }
-        self.merged.lock().expect("lock").clear();
+        self.materialized.lock().expect("lock").clear();
         Ok(())
     }
 }

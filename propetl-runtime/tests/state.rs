@@ -217,7 +217,7 @@ fn layer_and_task_masks_differ_and_combine_with_or() {
 }
 
 #[test]
-fn frozen_and_merged_contexts_equal_training_outputs() {
+fn frozen_and_materialized_contexts_equal_training_outputs() {
     for cfg in all_configs() {
         let (mut state, _, base, x) = setup(&cfg, 11);
         let before = toy_forward(&state, &base, &x, "rte")
@@ -226,7 +226,7 @@ fn frozen_and_merged_contexts_equal_training_outputs() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        state.merge().unwrap();
+        state.materialize().unwrap();
         let after = toy_forward(&state, &base, &x, "rte")
             .unwrap()
             .flatten_all()
@@ -234,7 +234,7 @@ fn frozen_and_merged_contexts_equal_training_outputs() {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(before, after, "{}", cfg.describe());
-        // merged contexts carry no graph: no gradient reaches the scores
+        // materialized contexts carry no graph: no gradient reaches the scores
         let y = toy_forward(&state, &base, &x, "rte").unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         for (name, v) in state.score_vars() {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 
-use crate::run::RunReport;
+use propetl::metrics::{glue_average, Metrics};
+use propetl::run::RunReport;
 
 /// DejaVu Sans Mono (free license in `src/fonts/DejaVu-LICENSE.txt`), embedded so that text
 /// renders without system fonts.
@@ -68,7 +69,7 @@ pub fn draw(runs: &[(PathBuf, RunReport)], out: &Path) -> Result<()> {
         });
     let metrics: Vec<f64> = runs
         .iter()
-        .flat_map(|(_, r)| r.epochs.iter().map(|e| e.eval_metric))
+        .flat_map(|(_, r)| r.epochs.iter().map(|e| e.eval_metric()))
         .filter(|v| v.is_finite())
         .collect();
     let (mmin, mmax) = metrics
@@ -111,7 +112,7 @@ pub fn draw(runs: &[(PathBuf, RunReport)], out: &Path) -> Result<()> {
                         if pick == 0 {
                             e.train_loss
                         } else {
-                            e.eval_metric
+                            e.eval_metric()
                         },
                     )
                 })
@@ -137,10 +138,7 @@ pub fn draw(runs: &[(PathBuf, RunReport)], out: &Path) -> Result<()> {
         .iter()
         .map(|(_, r)| r.storage.float32_equivalents.max(1.0))
         .collect();
-    let scores: Vec<f64> = runs
-        .iter()
-        .map(|(_, r)| r.test.get("selection").copied().unwrap_or(f64::NAN))
-        .collect();
+    let scores: Vec<f64> = runs.iter().map(|(_, r)| r.test.selection).collect();
     let (smin, smax) = storage
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
@@ -190,33 +188,27 @@ pub fn table(runs: &[(PathBuf, RunReport)]) -> String {
         "{:<16} {:<12} {:>6} {:>14} {:>10}  test metrics\n",
         "task", "variant", "epoch", "float32-equiv.", "% backbone"
     );
-    let mut by_variant: BTreeMap<&str, BTreeMap<crate::data::GlueTask, BTreeMap<String, f64>>> =
+    let mut by_variant: BTreeMap<&str, BTreeMap<propetl::data::GlueTask, Metrics>> =
         BTreeMap::new();
     for (_, r) in runs {
-        let metrics = r
-            .test
-            .iter()
-            .filter(|(k, _)| *k != "selection")
-            .map(|(k, v)| format!("{k} {v:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         out += &format!(
-            "{:<16} {:<12} {:>6} {:>14.0} {:>9.3}%  {metrics}\n",
-            r.task,
-            r.variant,
+            "{:<16} {:<12} {:>6} {:>14.0} {:>9.3}%  {}\n",
+            r.task.name(),
+            r.variant.name(),
             r.best_epoch,
             r.storage.float32_equivalents,
-            r.storage.percent_of_backbone
+            r.storage.percent_of_backbone,
+            r.test.summary()
         );
-        if let Ok(t) = crate::data::GlueTask::parse(&r.task) {
+        if let Some(t) = r.task.glue() {
             by_variant
-                .entry(r.variant.as_str())
+                .entry(r.variant.name())
                 .or_default()
                 .insert(t, r.test.clone());
         }
     }
     for (variant, tasks) in by_variant {
-        if let Some(avg) = crate::metrics::glue_average(&tasks) {
+        if let Some(avg) = glue_average(&tasks) {
             out += &format!("GLUE average ({variant}, 11 numbers): {avg:.2}\n");
         }
     }

@@ -1,4 +1,4 @@
-//! "Did you mean" suggestions.
+//! "Did you mean" suggestions for unknown names.
 
 /// Levenshtein distance.
 fn distance(a: &str, b: &str) -> usize {
@@ -15,7 +15,7 @@ fn distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The closest candidate within a small edit distance.
+/// The closest candidate within a small edit distance (or a prefix either way), if any.
 pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     candidates
@@ -28,7 +28,7 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-/// `unknown {what} `{word}`; did you mean `x`? (expected one of: …)`.
+/// ``unknown {what} `{word}`; did you mean `x`? (expected one of: `a`, `b`)``.
 pub fn unknown(what: &str, word: &str, candidates: &[&str]) -> String {
     let list = candidates
         .iter()
@@ -61,6 +61,19 @@ mod tests {
         assert_eq!(
             closest("gelu-new", &["relu", "gelu_new", "gelu"]),
             Some("gelu_new")
+        );
+        assert_eq!(closest("Layers", &["none", "layers"]), Some("layers"));
+    }
+
+    #[test]
+    fn unknown_lists_every_candidate() {
+        assert_eq!(
+            unknown("mask", "binray", &["binary", "none"]),
+            "unknown mask `binray`; did you mean `binary`? (expected one of: `binary`, `none`)"
+        );
+        assert_eq!(
+            unknown("method", "zzzzzz", &["adapter", "lora", "prefix"]),
+            "unknown method `zzzzzz` (expected one of: `adapter`, `lora`, `prefix`)"
         );
     }
 }

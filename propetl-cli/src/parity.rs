@@ -9,9 +9,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Var;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use propetl_models::roberta::{Checkpoint, Variant};
+use propetl_models::roberta::{self, Checkpoint};
 use propetl_models::t5::{self, T5Checkpoint};
-use propetl_runtime::{reference_groups, AdamW, GroupHyper, NumericOverrides, PetlRng, Schedule};
+use propetl_runtime::{
+    AdamW, Batch, ForwardMode, GroupHyper, NumericOverrides, ParamGroup, PetlRng, Schedule,
+    TaskKind, Variant,
+};
 use serde::Serialize;
 
 /// One compared tensor.
@@ -228,7 +231,12 @@ impl Harness<'_> {
         Ok(rest)
     }
 
-    fn run(&mut self, forward: &mut dyn FnMut() -> Result<Outputs>) -> Result<()> {
+    /// `groups` builds the model's optimizer groups (roles from its PETL state and heads).
+    fn run(
+        &mut self,
+        forward: &mut dyn FnMut() -> Result<Outputs>,
+        groups: &dyn Fn(&GroupHyper) -> Vec<ParamGroup>,
+    ) -> Result<()> {
         let outputs = load_st(&self.dir.join("outputs.safetensors"), &Device::Cpu)?;
         let (named, loss) = forward()?;
         for (name, t) in &named {
@@ -274,7 +282,7 @@ impl Harness<'_> {
             weight_decay: g("decay", "weight_decay")?,
             mask_weight_decay: g("mask", "weight_decay")?,
         };
-        let groups = reference_groups(self.vars.clone(), &hyper);
+        let groups = groups(&hyper);
         for group in &groups {
             let mut ours: Vec<String> = group.params.iter().map(|(n, _)| n.clone()).collect();
             if ours
@@ -366,7 +374,7 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
         .ok_or_else(|| anyhow!("settings.propetl.shared missing"))?;
     if shared && p["combine"].as_str().is_some_and(|c| c != "or") {
         bail!(
-            "T5 fixtures: combine {} is not the paper's `or`",
+            "T5 fixtures: combine {} is not the paper's `or` (the T5 variant's attribute fixes `or`)",
             p["combine"]
         );
     }
@@ -392,7 +400,11 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
     };
     let ckpt = T5Checkpoint::open(dir.join("ckpt"), &dev)?;
     let varmap = VarMap::new();
-    let variant = if shared { "pro_adapter" } else { "adapter" };
+    let variant = if shared {
+        Variant::ProAdapter
+    } else {
+        Variant::Adapter
+    };
     let model = t5::build(
         variant,
         &ckpt,
@@ -415,13 +427,13 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
         checks: vec![],
     };
     h.load_params()?;
-    let rest = h.masks(&model.state().hard_masks()?, false)?;
+    let rest = h.masks(&model.petl().hard_masks()?, false)?;
     // `used.{task}.{enc|dec}.{l}.{down|up}`: the combined mask each site applies
     for (name, m) in &rest {
         let parts: Vec<&str> = name.split('.').collect();
         if let ["used", task, stack, l, site] = parts.as_slice() {
             let ours = model
-                .state()
+                .petl()
                 .effective_mask(site, &format!("{stack}.{l}"), task)?
                 .ok_or_else(|| anyhow!("{name}: we apply no mask there"))?;
             h.check_mask(format!("mask:{name}"), &ours, m)?;
@@ -429,18 +441,18 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
     }
     let inputs = load_st(&dir.join("inputs.safetensors"), &dev)?;
     let need = |k: &str| input(&inputs, k);
-    let (ids, mask, dec, labels) = (
+    let (ids, attention_mask, dec, labels) = (
         need("input_ids")?,
         need("attention_mask")?,
         need("decoder_input_ids")?,
         need("labels")?,
     );
     let mut forward = || -> Result<Outputs> {
-        let logits = model.logits(&ids, &mask, &dec, &batch_task)?;
+        let logits = model.logits(&ids, &attention_mask, &dec, &batch_task)?;
         let loss = model.loss(&logits, &labels)?;
         Ok((vec![("logits".to_string(), logits)], loss))
     };
-    h.run(&mut forward)?;
+    h.run(&mut forward, &|hyper| model.optimizer_groups(hyper, &[]))?;
     Ok(ParityReport {
         fixture: dir.to_path_buf(),
         variant: format!("t5 {variant}"),
@@ -492,20 +504,19 @@ fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityRepor
         keep: shared.then_some(keep),
         ..overrides
     };
-    let v = Variant::parse(&if shared {
+    let v: Variant = if shared {
         format!("pro_{variant}")
     } else {
         variant.to_string()
-    })?;
+    }
+    .parse()?;
     let ckpt = Checkpoint::open(dir.join("ckpt"), &dev)?;
     let varmap = VarMap::new();
-    let model = v.build(
-        &ckpt,
-        num_labels,
-        &overrides,
-        &varmap,
-        &mut PetlRng::seed(0),
-    )?;
+    let kind = match num_labels {
+        1 => TaskKind::Regression,
+        n => TaskKind::Classification { num_labels: n },
+    };
+    let model = roberta::build(v, &ckpt, kind, &overrides, &varmap, &mut PetlRng::seed(0))?;
     let vars = varmap.data().lock().expect("varmap").clone();
     let names = NameMap {
         layers: ckpt.config.num_hidden_layers,
@@ -520,13 +531,19 @@ fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityRepor
         checks: vec![],
     };
     h.load_params()?;
-    h.masks(&model.state().hard_masks()?, true)?;
+    h.masks(&model.petl().hard_masks()?, true)?;
     let inputs = load_st(&dir.join("inputs.safetensors"), &dev)?;
     let need = |k: &str| input(&inputs, k);
-    let (ids, mask, labels) = (need("input_ids")?, need("attention_mask")?, need("labels")?);
+    let batch = Batch {
+        input_ids: need("input_ids")?,
+        attention_mask: need("attention_mask")?,
+        labels: need("labels")?,
+        task: "default".into(),
+    };
     let mut forward = || -> Result<Outputs> {
-        let (hidden, logits) = model.forward(&ids, &mask, None)?;
-        let loss = model.loss(&logits, &labels)?;
+        let hidden = model.hidden_states(&batch)?;
+        let logits = model.logits(&batch, &mut ForwardMode::Eval)?;
+        let loss = model.loss(&batch, &mut ForwardMode::Eval)?;
         Ok((
             vec![
                 ("hidden".to_string(), hidden),
@@ -535,7 +552,7 @@ fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityRepor
             loss,
         ))
     };
-    h.run(&mut forward)?;
+    h.run(&mut forward, &|hyper| model.task_optimizer_groups(hyper))?;
     Ok(ParityReport {
         fixture: dir.to_path_buf(),
         variant: v.name().to_string(),

@@ -1,4 +1,8 @@
-//! `propetl`: the command-line interface.
+//! `propetl`: the command-line interface (`cargo install --path propetl-cli`).
+
+mod parity;
+mod progress;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,9 +10,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use propetl::demo;
-use propetl::run::{self, RunConfig, RunReport};
-use propetl_models::roberta::{RobertaConfig, Variant};
-use propetl_runtime::{NumericOverrides, Plan, StorageReport};
+use propetl::run::{self, RunConfig, RunReport, Task};
+use propetl_models::roberta::{self, RobertaConfig};
+use propetl_runtime::{DeviceSpec, NumericOverrides, Plan, StorageReport, Variant};
+
+use crate::progress::Progress;
 
 #[derive(Parser)]
 #[command(
@@ -61,8 +67,8 @@ enum Command {
         #[arg(long, default_value = "runs/quickstart")]
         out: PathBuf,
         /// Variants to train, comma-separated.
-        #[arg(long, default_value = "pro_adapter,adapter")]
-        variants: String,
+        #[arg(long, default_value = "pro_adapter,adapter", value_delimiter = ',')]
+        variants: Vec<Variant>,
         /// Training examples used (of ~10k).
         #[arg(long, default_value_t = 4000)]
         max_train_examples: usize,
@@ -92,7 +98,7 @@ enum Command {
     Storage {
         /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
         #[arg(long, default_value = "pro_adapter")]
-        variant: String,
+        variant: Variant,
         /// A Hugging Face model folder (its config.json); default: roberta-base shape.
         #[arg(long)]
         model_dir: Option<PathBuf>,
@@ -115,10 +121,13 @@ struct TrainArgs {
     out: PathBuf,
     /// Task: cola … rte, rotten-tomatoes, vader-movies, custom.
     #[arg(long)]
-    task: Option<String>,
+    task: Option<Task>,
     /// Variant: pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix.
     #[arg(long)]
-    variant: Option<String>,
+    variant: Option<Variant>,
+    /// Device: cpu, cuda, cuda:N, metal (GPUs need a build with that cargo feature).
+    #[arg(long)]
+    device: Option<DeviceSpec>,
     /// Hugging Face model folder (default: built-in tiny RoBERTa).
     #[arg(long)]
     model_dir: Option<PathBuf>,
@@ -162,14 +171,14 @@ impl TrainArgs {
         let mut c = match &self.config {
             Some(p) => RunConfig::from_toml_file(p)?,
             None => RunConfig::new(
-                &self.task.clone().context("give --config or --task")?,
-                "pro_adapter",
+                self.task.context("give --config or --task")?,
+                Variant::ProAdapter,
             ),
         };
         macro_rules! set {
             ($($src:ident => $($dst:ident).+),* $(,)?) => { $(if let Some(v) = &self.$src { c.$($dst).+ = v.clone().into(); })* };
         }
-        set!(task => task, variant => variant, epochs => train.epochs, batch_size => train.batch_size, max_len => train.max_len, lr => train.lr, mask_lr => train.mask_lr, seed => train.seed);
+        set!(task => task, variant => variant, device => device, epochs => train.epochs, batch_size => train.batch_size, max_len => train.max_len, lr => train.lr, mask_lr => train.mask_lr, seed => train.seed);
         if let Some(d) = &self.model_dir {
             c.model_dir = Some(d.clone());
         }
@@ -191,25 +200,18 @@ impl TrainArgs {
 }
 
 fn print_report(r: &RunReport) {
-    let fmt = |m: &std::collections::BTreeMap<String, f64>| {
-        m.iter()
-            .filter(|(k, _)| *k != "selection")
-            .map(|(k, v)| format!("{k} {v:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!(
         "{} / {}: best epoch {} — eval {} — test {}",
         r.task,
         r.variant,
         r.best_epoch,
-        fmt(&r.eval),
-        fmt(&r.test)
+        r.eval.summary(),
+        r.test.summary()
     );
     println!("{}", r.storage.to_table());
     println!(
-        "sizes {:?}, skipped rows {}, wall time {:.1}s",
-        r.sizes, r.skipped_rows, r.wall_seconds
+        "sizes: train {}, eval {}, test {}; skipped rows {}; wall time {:.1}s",
+        r.sizes.train, r.sizes.eval, r.sizes.test, r.skipped_rows, r.wall_seconds
     );
 }
 
@@ -217,7 +219,8 @@ fn main() -> ExitCode {
     propetl_runtime::alloc::tune_for_training();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,propetl=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -239,9 +242,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mask_lr,
         } => {
             println!("ProPETL demo: tiny RoBERTa (2 layers, hidden 64) built in-process, synthetic majority task\n");
-            let pro = demo::run_variant(Variant::ProAdapter, epochs, seed, lr, mask_lr, false)?;
-            let base = demo::run_variant(Variant::Adapter, epochs, seed, lr, mask_lr, false)?;
-            for run in [&pro, &base] {
+            let cfg = demo::demo_config(epochs, seed, lr, mask_lr);
+            let mut runs = Vec::new();
+            for variant in [Variant::ProAdapter, Variant::Adapter] {
+                let mut progress = Progress::new(variant.name(), true);
+                runs.push(demo::run_variant(variant, &cfg, &mut progress)?);
+            }
+            let (pro, base) = (&runs[0], &runs[1]);
+            for run in [pro, base] {
                 let first = run.epochs.first().map(|e| e.train_loss).unwrap_or(f64::NAN);
                 let last = run.epochs.last().map(|e| e.train_loss).unwrap_or(f64::NAN);
                 println!(
@@ -260,28 +268,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Train(args) => {
             let cfg = args.resolve()?;
-            let report = run::run(&cfg, &args.out)?;
+            let mut progress = Progress::new(cfg.variant.name(), cfg.train.progress);
+            let report = run::run(&cfg, &args.out, &mut progress)?;
             print_report(&report);
             println!("run directory: {}", args.out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run: dir, split } => {
-            let cfg = RunConfig::from_toml_file(&dir.join("config.toml"))?;
-            let mut p = run::prepare(&cfg)?;
-            run::restore(p.model.as_mut(), &p.varmap, &dir.join("best.safetensors"))?;
-            let data = match split.as_str() {
-                "test" => &p.test,
-                "eval" => &p.eval,
-                other => anyhow::bail!("unknown split `{other}` (test or eval)"),
-            };
-            let m = propetl::train::evaluate(
-                p.model.as_ref(),
-                data,
-                p.glue,
-                cfg.train.batch_size,
-                cfg.train.max_len,
-                p.pad,
-            )?;
+            let m = run::evaluate_run(&dir, &split)?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -305,7 +299,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("Fine-tuning all-MiniLM-L6-v2 on Rotten Tomatoes sentiment (seeded 80/10/10 hash split; {max_train_examples} training sentences, {epochs} epochs)\n");
             let mut reports = Vec::new();
-            for v in variants.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            for v in variants {
                 let cfg = RunConfig {
                     model_dir: Some(model_dir.clone()),
                     data_dir: Some(data_dir.clone()),
@@ -320,9 +314,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         seed: 42,
                         ..Default::default()
                     },
-                    ..RunConfig::new("rotten-tomatoes", v)
+                    ..RunConfig::new(Task::RottenTomatoes, v)
                 };
-                let report = run::run(&cfg, &out.join(v))?;
+                let mut progress = Progress::new(v.name(), true);
+                let report = run::run(&cfg, &out.join(v.name()), &mut progress)?;
                 print_report(&report);
                 println!();
                 reports.push(report);
@@ -334,8 +329,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for r in &reports {
                 println!(
                     "{:<12} {:>14.2} {:>16.0} {:>13.3}%",
-                    r.variant,
-                    r.test["accuracy"],
+                    r.variant.name(),
+                    r.test.accuracy.unwrap_or(f64::NAN),
                     r.storage.float32_equivalents,
                     r.storage.percent_of_backbone
                 );
@@ -343,16 +338,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { runs, out } => {
-            let loaded = propetl::report::load_runs(&runs)?;
-            print!("{}", propetl::report::table(&loaded));
-            propetl::report::draw(&loaded, &out)?;
+            let loaded = report::load_runs(&runs)?;
+            print!("{}", report::table(&loaded));
+            report::draw(&loaded, &out)?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Parity { dirs, json } => {
             let mut all_ok = true;
             for dir in dirs {
-                let report = propetl::parity::check_fixture(&dir)
+                let report = parity::check_fixture(&dir)
                     .with_context(|| format!("parity check of {}", dir.display()))?;
                 all_ok &= report.passed();
                 if json {
@@ -373,7 +368,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             keep,
             json,
         } => {
-            let v = Variant::parse(&variant)?;
             let config = match model_dir {
                 Some(d) => RobertaConfig::from_file(&d.join("config.json"))?,
                 None => RobertaConfig::roberta_base(),
@@ -382,7 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 keep,
                 ..Default::default()
             };
-            let cfg = overrides.apply(&v.spec())?;
+            let cfg = overrides.apply(&roberta::spec(variant)?)?;
             let plan = Plan::new(&cfg, &config.layout())?;
             let report = StorageReport::from_plan(&plan, config.backbone_params(), 0)?;
             if json {
