@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use propetl::models::roberta::{Checkpoint, RobertaConfig, RobertaPetl, Variant};
+use propetl::models::roberta::{self, Checkpoint, RobertaConfig};
 use propetl::runtime::{
-    clip_grad_norm, mask, reference_groups, AdamW, GroupHyper, MaskKind, NumericOverrides,
-    PetlConfig, PetlRng, PetlState, Schedule,
+    clip_grad_norm, mask, AdamW, Batch, ForwardMode, GroupHyper, MaskKind, NumericOverrides,
+    PetlConfig, PetlRng, PetlState, Schedule, TaskKind, TaskModel, Variant,
 };
 use serde_json::json;
 
@@ -39,26 +39,29 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 }
 
 struct Step {
-    model: Box<dyn RobertaPetl>,
+    model: Box<dyn TaskModel>,
     opt: AdamW,
     vars: Vec<candle_core::Var>,
-    ids: Tensor,
-    mask: Tensor,
-    labels: Tensor,
+    batch: Batch,
+}
+
+const CLASSES: TaskKind = TaskKind::Classification { num_labels: 2 };
+
+fn build(variant: Variant, ckpt: &Checkpoint) -> Box<dyn TaskModel> {
+    roberta::build(
+        variant,
+        ckpt,
+        CLASSES,
+        &NumericOverrides::default(),
+        &VarMap::new(),
+        &mut PetlRng::seed(4),
+    )
+    .unwrap()
 }
 
 impl Step {
-    fn new(
-        model: Box<dyn RobertaPetl>,
-        varmap: &VarMap,
-        batch: usize,
-        len: usize,
-        vocab: usize,
-    ) -> Self {
-        let groups = reference_groups(
-            varmap.data().lock().unwrap().clone(),
-            &GroupHyper::default(),
-        );
+    fn new(model: Box<dyn TaskModel>, batch: usize, len: usize, vocab: usize) -> Self {
+        let groups = model.task_optimizer_groups(&GroupHyper::default());
         let opt = AdamW::new(groups, Schedule::Constant);
         let vars = opt.vars();
         let mut rng = PetlRng::seed(3);
@@ -76,24 +79,26 @@ impl Step {
             model,
             opt,
             vars,
-            ids: Tensor::from_vec(ids, (batch, len), &dev).unwrap(),
-            mask: Tensor::ones((batch, len), DType::U32, &dev).unwrap(),
-            labels: Tensor::from_vec(
-                (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-                batch,
-                &dev,
-            )
-            .unwrap(),
+            batch: Batch {
+                input_ids: Tensor::from_vec(ids, (batch, len), &dev).unwrap(),
+                attention_mask: Tensor::ones((batch, len), DType::U32, &dev).unwrap(),
+                labels: Tensor::from_vec(
+                    (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+                    batch,
+                    &dev,
+                )
+                .unwrap(),
+                task: "default".into(),
+            },
         }
     }
 
     fn run(&mut self) {
         let mut rng = PetlRng::seed(5);
-        let logits = self
+        let loss = self
             .model
-            .logits(&self.ids, &self.mask, Some(&mut rng))
+            .loss(&self.batch, &mut ForwardMode::Train(&mut rng))
             .unwrap();
-        let loss = self.model.loss(&logits, &self.labels).unwrap();
         let mut grads = loss.backward().unwrap();
         clip_grad_norm(&mut grads, &self.vars, 1.0).unwrap();
         self.opt.step(&grads).unwrap();
@@ -161,45 +166,23 @@ fn main() {
         // masked ProAdapter vs the same shared prototype without masks (identical compute otherwise)
         let mut secs = Vec::new();
         for masked in [false, true, false, true] {
-            let varmap = VarMap::new();
-            let mut model = Variant::ProAdapter
-                .build(
-                    &base,
-                    2,
-                    &NumericOverrides::default(),
-                    &varmap,
-                    &mut PetlRng::seed(4),
-                )
-                .unwrap();
+            let mut model = build(Variant::ProAdapter, &base);
             if !masked {
                 // swap in an unmasked shared prototype: the `mask = "none"` ablation
                 let cfg = PetlConfig {
                     mask: MaskKind::None,
-                    ..model.petl_config().clone()
+                    ..model.petl().config().clone()
                 };
-                let vm2 = VarMap::new();
-                *model.state_mut() = PetlState::new(
+                *model.petl_mut() = PetlState::new(
                     &cfg,
                     &base.config.layout(),
-                    &vm2,
+                    &VarMap::new(),
                     &mut PetlRng::seed(4),
                     &dev,
                 )
                 .unwrap();
-                for (k, v) in varmap
-                    .data()
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("head."))
-                {
-                    vm2.data().lock().unwrap().insert(k.clone(), v.clone());
-                }
-                let mut step = Step::new(model, &vm2, 8, 128, 50265);
-                secs.push(time(reps, || step.run()));
-                continue;
             }
-            let mut step = Step::new(model, &varmap, 8, 128, 50265);
+            let mut step = Step::new(model, 8, 128, 50265);
             secs.push(time(reps, || step.run()));
         }
         println!(
@@ -213,17 +196,7 @@ fn main() {
             Checkpoint::random(minilm_config(), 0.02, &mut PetlRng::seed(2), &dev).unwrap();
         for (shape, ckpt) in [("roberta-base", &base), ("minilm", &minilm)] {
             for v in Variant::ALL {
-                let varmap = VarMap::new();
-                let model = v
-                    .build(
-                        ckpt,
-                        2,
-                        &NumericOverrides::default(),
-                        &varmap,
-                        &mut PetlRng::seed(4),
-                    )
-                    .unwrap();
-                let mut step = Step::new(model, &varmap, 8, 128, ckpt.config.vocab_size);
+                let mut step = Step::new(build(v, ckpt), 8, 128, ckpt.config.vocab_size);
                 let s = time(reps, || step.run());
                 println!(
                     "{}",

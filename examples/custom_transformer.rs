@@ -1,15 +1,16 @@
-//! A small transformer written from scratch, annotated with `#[propetl]`, trained with
+//! A small transformer written from scratch, annotated with `#[propetl]`, implementing the
+//! `TaskModel` interface and trained by the library's trainer (`propetl::train`) with
 //! ProAdapter on a toy task; then saved, reloaded and checked to give identical outputs.
 //!
 //! Run: `cargo run --release --example custom_transformer`
-
-use std::collections::BTreeMap;
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use propetl::prelude::*;
-use propetl::runtime::{clip_grad_norm, mask::kept_count};
+use propetl::runtime::mask::kept_count;
+use propetl::runtime::task::{collate_labeled, predictions_from_logits};
+use propetl::train::{evaluate, train, EvalSettings, Silent};
 
 const VOCAB: usize = 32;
 const HIDDEN: usize = 32;
@@ -72,6 +73,12 @@ impl Block {
     }
 }
 
+/// The block applies an adapter after its FFN (and has no LoRA or prefix site): the attribute
+/// checks this declaration at compile time.
+impl PetlSites for Block {
+    const SITES: Sites = Sites::ADAPTER;
+}
+
 #[propetl(
     adapter(bottleneck = 8, activation = "relu", init_std = 0.05),
     share = "layers",
@@ -83,8 +90,10 @@ struct TinyTransformer {
     blocks: Vec<Block>,
     #[propetl(state)]
     petl: PetlState,
-    head: (Tensor, Tensor),
+    head: (Var, Var),
 }
+
+const CLASSES: TaskKind = TaskKind::Classification { num_labels: 2 };
 
 impl TinyTransformer {
     fn new(petl: PetlState, varmap: &VarMap, rng: &mut PetlRng, dev: &Device) -> Result<Self> {
@@ -102,7 +111,7 @@ impl TinyTransformer {
             embed,
             blocks,
             petl,
-            head: (w.as_tensor().clone(), b.as_tensor().clone()),
+            head: (w, b),
         })
     }
 
@@ -116,32 +125,73 @@ impl TinyTransformer {
         for (l, block) in self.blocks.iter().enumerate() {
             h = block.forward(&h, ctx.layer(l))?;
         }
-        Ok(ops::linear(&h.mean(1)?, &self.head.0, Some(&self.head.1))?)
+        Ok(ops::linear(
+            &h.mean(1)?,
+            self.head.0.as_tensor(),
+            Some(self.head.1.as_tensor()),
+        )?)
     }
 }
 
-/// Label 1 when tokens from the lower half of the vocabulary are the majority.
-fn batch(rng: &mut PetlRng, n: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let mut ids = Vec::with_capacity(n * SEQ);
-    let mut labels = Vec::with_capacity(n);
-    for _ in 0..n {
-        let p = if rng.uniform01() < 0.5 { 0.3 } else { 0.7 };
-        let mut low = 0;
-        for _ in 0..SEQ {
-            let is_low = rng.uniform01() < p;
-            low += usize::from(is_low);
-            ids.push(if is_low {
-                rng.below(VOCAB / 2)
-            } else {
-                VOCAB / 2 + rng.below(VOCAB / 2)
-            } as u32);
-        }
-        labels.push(i64::from(2 * low > SEQ));
+/// What the library's trainer needs: batches in, a loss out, predictions, the head.
+impl TaskModel for TinyTransformer {
+    fn task_kind(&self) -> TaskKind {
+        CLASSES
     }
-    Ok((
-        Tensor::from_vec(ids, (n, SEQ), dev)?,
-        Tensor::from_vec(labels, n, dev)?,
-    ))
+    fn collate(
+        &self,
+        examples: &[&Example],
+        max_len: usize,
+        task: &str,
+    ) -> propetl::runtime::Result<Batch> {
+        collate_labeled(examples, CLASSES, max_len, 0, task, self.petl.device())
+    }
+    fn loss(&self, batch: &Batch, _mode: &mut ForwardMode) -> propetl::runtime::Result<Tensor> {
+        let logits = self.forward(&batch.input_ids).map_err(to_petl)?;
+        Ok(ops::cross_entropy(&logits, &batch.labels)?)
+    }
+    fn predict(&self, batch: &Batch) -> propetl::runtime::Result<Vec<Prediction>> {
+        let logits = self.forward(&batch.input_ids).map_err(to_petl)?;
+        predictions_from_logits(CLASSES, &logits)
+    }
+    fn head_trainables(&self) -> Vec<Trainable> {
+        vec![
+            Trainable::new("head.weight", self.head.0.clone(), Role::Decay),
+            Trainable::new("head.bias", self.head.1.clone(), Role::NoDecay),
+        ]
+    }
+    fn backbone_params(&self) -> usize {
+        VOCAB * HIDDEN + LAYERS * (3 + 1 + 4 + 4) * HIDDEN * HIDDEN
+    }
+}
+
+fn to_petl(e: anyhow::Error) -> propetl::runtime::PetlError {
+    propetl::runtime::PetlError::Model(e.into())
+}
+
+/// Label 1 when tokens from the lower half of the vocabulary are the majority.
+fn examples(rng: &mut PetlRng, n: usize) -> Vec<Example> {
+    (0..n)
+        .map(|_| {
+            let p = if rng.uniform01() < 0.5 { 0.3 } else { 0.7 };
+            let mut low = 0;
+            let ids = (0..SEQ)
+                .map(|_| {
+                    let is_low = rng.uniform01() < p;
+                    low += usize::from(is_low);
+                    (if is_low {
+                        rng.below(VOCAB / 2)
+                    } else {
+                        VOCAB / 2 + rng.below(VOCAB / 2)
+                    }) as u32
+                })
+                .collect();
+            Example {
+                ids,
+                label: if 2 * low > SEQ { 1.0 } else { 0.0 },
+            }
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -159,18 +209,23 @@ fn main() -> Result<()> {
     let mut model = TinyTransformer::new(petl, &varmap, &mut rng, &dev)?;
     println!("spec: {}", TinyTransformer::PROPETL.describe());
 
-    let steps = 300;
-    let hyper = GroupHyper {
+    // the library's trainer: groups from the roles of the PETL state and the head
+    let train_set = examples(&mut rng, 960);
+    let eval_set = examples(&mut PetlRng::seed(5), 256);
+    let cfg = TrainConfig {
+        epochs: 10,
+        batch_size: 32,
+        max_len: SEQ,
         lr: 3e-3,
         mask_lr: 3e-3,
         weight_decay: 0.01,
         mask_weight_decay: 0.0,
+        warmup_ratio: 0.1,
+        seed: 42,
+        progress: false,
+        ..Default::default()
     };
-    let mut opt = AdamW::new(
-        model.optimizer_groups(&varmap, &hyper),
-        Schedule::warmup_ratio(0.1, steps),
-    );
-    for g in opt.groups() {
+    for g in model.task_optimizer_groups(&cfg.group_hyper()) {
         println!(
             "group {:<9} lr {:.0e} wd {:<4} tensors {}",
             g.name,
@@ -179,30 +234,25 @@ fn main() -> Result<()> {
             g.params.len()
         );
     }
-    let vars = opt.vars();
-    let mut curve = Vec::new();
-    let mut window = 0.0;
-    for step in 1..=steps {
-        let (ids, labels) = batch(&mut rng, 32, &dev)?;
-        let loss = ops::cross_entropy(&model.forward(&ids)?, &labels)?;
-        let l = loss.to_scalar::<f32>()?;
-        ensure!(l.is_finite(), "loss became {l} at step {step}");
-        let mut grads = loss.backward()?;
-        clip_grad_norm(&mut grads, &vars, 1.0)?;
-        opt.step(&grads)?;
-        window += l as f64;
-        if step % 25 == 0 {
-            println!("step {step:>3}  loss {:.4}", window / 25.0);
-            curve.push(window / 25.0);
-            window = 0.0;
-        }
+    let data = TrainData {
+        train: &train_set,
+        eval: &eval_set,
+        task: "default",
+        glue: None,
+    };
+    let logs = train(&mut model, &data, &cfg, &mut Silent)?;
+    for e in &logs {
+        println!(
+            "epoch {:>2}  train loss {:.4}  eval accuracy {:.1}",
+            e.epoch,
+            e.train_loss,
+            e.eval_metric()
+        );
     }
-    ensure!(
-        curve.last() < curve.first(),
-        "the loss did not go down: {curve:?}"
-    );
+    let (first, last) = (logs[0].train_loss, logs[logs.len() - 1].train_loss);
+    ensure!(last < first, "the loss did not go down: {first} -> {last}");
 
-    model.merge_for_inference()?;
+    model.materialize_for_inference()?;
     println!("\nmasks (kept fraction):");
     for (name, m) in model.petl().hard_masks()? {
         let kept = m.sum_all()?.to_scalar::<f32>()? as usize;
@@ -213,46 +263,43 @@ fn main() -> Result<()> {
             kept as f64 / m.elem_count() as f64
         );
     }
-    let (test_ids, test_labels) = batch(&mut PetlRng::seed(7), 512, &dev)?;
-    let logits = model.forward(&test_ids)?;
-    let acc = logits
-        .argmax(1)?
-        .to_dtype(DType::I64)?
-        .eq(&test_labels)?
-        .to_dtype(DType::F32)?
-        .mean_all()?
-        .to_scalar::<f32>()?;
-    println!("test accuracy {acc:.3}");
+    let test_set = examples(&mut PetlRng::seed(7), 512);
+    let how = EvalSettings {
+        batch_size: 128,
+        max_len: SEQ,
+        task: "default",
+        glue: None,
+    };
+    let acc = evaluate(&model, &test_set, &how)?.selection;
+    println!("test accuracy {acc:.1}");
+    ensure!(acc > 60.0, "the trained model is not better than chance: {acc}");
+    println!("\n{}", model.storage()?.to_table());
 
-    let backbone = VOCAB * HIDDEN + LAYERS * (3 + 1 + 4 + 4) * HIDDEN * HIDDEN;
-    let report = model.storage_report(backbone, 2 * HIDDEN + 2)?;
-    println!("\n{}", report.to_table());
-
-    // Save, reload into a fresh model, compare outputs bit for bit.
+    // Save, restore into a fresh model, compare outputs bit for bit.
     let dir = std::env::temp_dir().join(format!("propetl-example-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("tiny.safetensors");
-    let head: BTreeMap<String, Tensor> = [
-        ("head.weight".to_string(), model.head.0.clone()),
-        ("head.bias".to_string(), model.head.1.clone()),
-    ]
-    .into();
-    model.save_petl(&path, &head, backbone)?;
-    let loaded = model.load_petl(&path)?;
-    let mut fresh =
-        TinyTransformer::new(loaded.state, &VarMap::new(), &mut PetlRng::seed(0), &dev)?;
-    fresh.head = (
-        loaded.extra["head.weight"].clone(),
-        loaded.extra["head.bias"].clone(),
-    );
-    let again = fresh.forward(&test_ids)?;
+    model.save(&path)?;
+    let varmap = VarMap::new();
+    let fresh_petl = TinyTransformer::init_petl(
+        &layout,
+        &NumericOverrides::default(),
+        &varmap,
+        &mut PetlRng::seed(0),
+        &dev,
+    )?;
+    let mut fresh = TinyTransformer::new(fresh_petl, &varmap, &mut PetlRng::seed(0), &dev)?;
+    fresh.restore(&path)?;
+    let ids = model.collate(&test_set.iter().collect::<Vec<_>>(), SEQ, "default")?;
+    let logits = model.forward(&ids.input_ids)?;
+    let again = fresh.forward(&ids.input_ids)?;
     let same = logits.flatten_all()?.to_vec1::<f32>()? == again.flatten_all()?.to_vec1::<f32>()?;
     println!(
-        "\nsaved {} bytes to {}; reloaded outputs identical: {same}",
+        "\nsaved {} bytes to {}; restored outputs identical: {same}",
         std::fs::metadata(&path)?.len(),
         path.display()
     );
-    ensure!(same, "reloaded model gives different outputs");
+    ensure!(same, "the restored model gives different outputs");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

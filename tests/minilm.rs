@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use propetl::models::roberta::{mean_pool_normalized, Checkpoint, FrozenEncoder, Variant};
-use propetl::runtime::{NumericOverrides, PetlRng};
+use propetl::models::roberta::{self, mean_pool_normalized, Checkpoint, FrozenEncoder};
+use propetl::runtime::{Batch, ForwardMode, NumericOverrides, PetlRng, TaskKind, Variant};
 
 fn model_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/all-MiniLM-L6-v2");
@@ -73,16 +73,23 @@ fn every_variant_builds_on_minilm_and_starts_near_the_backbone() {
         .unwrap();
     for v in Variant::ALL {
         let varmap = VarMap::new();
-        let model = v
-            .build(
-                &ckpt,
-                2,
-                &NumericOverrides::default(),
-                &varmap,
-                &mut PetlRng::seed(1),
-            )
-            .unwrap();
-        let (hidden, logits) = model.forward(&ids, &mask, None).unwrap();
+        let model = roberta::build(
+            v,
+            &ckpt,
+            TaskKind::Classification { num_labels: 2 },
+            &NumericOverrides::default(),
+            &varmap,
+            &mut PetlRng::seed(1),
+        )
+        .unwrap();
+        let batch = Batch {
+            input_ids: ids.clone(),
+            attention_mask: mask.clone(),
+            labels: Tensor::new(&[1i64], &Device::Cpu).unwrap(),
+            task: "default".into(),
+        };
+        let hidden = model.hidden_states(&batch).unwrap();
+        let logits = model.logits(&batch, &mut ForwardMode::Eval).unwrap();
         assert_eq!(logits.dims(), &[1, 2]);
         assert_eq!(hidden.dims(), frozen.dims());
         let storage = model.storage().unwrap();

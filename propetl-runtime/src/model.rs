@@ -113,15 +113,15 @@ impl Sites {
     /// model in the message.
     pub fn check(&self, config: &PetlConfig, model: &str) -> Result<()> {
         let missing = match &config.method {
-            Method::Adapter { .. } if !self.adapter => Some("an adapter site".to_string()),
-            Method::Prefix { .. } if !self.prefix => Some("a prefix site".to_string()),
+            Method::Adapter { .. } if !self.adapter => Some("adapter site".to_string()),
+            Method::Prefix { .. } if !self.prefix => Some("prefix site".to_string()),
             Method::Lora { targets, .. } => {
                 let absent: Vec<String> = targets
                     .iter()
                     .filter(|t| !self.has_lora_target(**t))
                     .map(|t| t.to_string())
                     .collect();
-                (!absent.is_empty()).then(|| format!("a LoRA site on {}", absent.join(", ")))
+                (!absent.is_empty()).then(|| format!("LoRA site on {}", absent.join(", ")))
             }
             _ => None,
         };

@@ -17,8 +17,11 @@ impl Encoder {
         keep: 0.5f64,
     };
 }
-impl ::propetl::runtime::ProPetlModel for Encoder {
+impl ::propetl::runtime::PetlSpec for Encoder {
     const PROPETL: ::propetl::runtime::PetlConfig = Self::PROPETL;
+    const SITES: ::propetl::runtime::Sites = <Block as ::propetl::runtime::PetlSites>::SITES;
+}
+impl ::propetl::runtime::ProPetlModel for Encoder {
     fn petl(&self) -> &::propetl::runtime::PetlState {
         ::propetl::runtime::StateField::as_state(&self.petl)
     }
@@ -29,3 +32,10 @@ impl ::propetl::runtime::ProPetlModel for Encoder {
         ::propetl::runtime::LayerStack::layer_count(&self.blocks)
     }
 }
+const _: () = {
+    if !<Block as ::propetl::runtime::PetlSites>::SITES.has_method("adapter") {
+        ::core::panic!(
+            "`Encoder` uses adapter, but its blocks `Block` declare no adapter site (see `impl PetlSites for Block`)"
+        )
+    }
+};

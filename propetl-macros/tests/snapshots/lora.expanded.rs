@@ -18,8 +18,14 @@ impl<B> Encoder<B> {
         keep: 0.1f64,
     };
 }
-impl<B> propetl_runtime::ProPetlModel for Encoder<B> {
+impl<B> propetl_runtime::PetlSpec for Encoder<B>
+where
+    B: propetl_runtime::PetlSites,
+{
     const PROPETL: propetl_runtime::PetlConfig = Self::PROPETL;
+    const SITES: propetl_runtime::Sites = <B as propetl_runtime::PetlSites>::SITES;
+}
+impl<B> propetl_runtime::ProPetlModel for Encoder<B> {
     fn petl(&self) -> &propetl_runtime::PetlState {
         propetl_runtime::StateField::as_state(&self.petl)
     }

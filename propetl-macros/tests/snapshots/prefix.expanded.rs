@@ -15,8 +15,11 @@ impl Encoder {
         keep: 0.1f64,
     };
 }
-impl ::propetl::runtime::ProPetlModel for Encoder {
+impl ::propetl::runtime::PetlSpec for Encoder {
     const PROPETL: ::propetl::runtime::PetlConfig = Self::PROPETL;
+    const SITES: ::propetl::runtime::Sites = <Block as ::propetl::runtime::PetlSites>::SITES;
+}
+impl ::propetl::runtime::ProPetlModel for Encoder {
     fn petl(&self) -> &::propetl::runtime::PetlState {
         ::propetl::runtime::StateField::as_state(&self.petl)
     }
@@ -27,3 +30,10 @@ impl ::propetl::runtime::ProPetlModel for Encoder {
         ::propetl::runtime::LayerStack::layer_count(&self.blocks)
     }
 }
+const _: () = {
+    if !<Block as ::propetl::runtime::PetlSites>::SITES.has_method("prefix") {
+        ::core::panic!(
+            "`Encoder` uses prefix, but its blocks `Block` declare no prefix site (see `impl PetlSites for Block`)"
+        )
+    }
+};

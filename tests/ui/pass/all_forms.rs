@@ -1,6 +1,7 @@
 use propetl::prelude::*;
 
 struct Block;
+impl PetlSites for Block { const SITES: Sites = Sites::ALL; }
 
 #[propetl(adapter, share = "layers+tasks", mask = "binary")]
 struct A { #[propetl(layers)] blocks: Vec<Block>, #[propetl(state)] petl: PetlState }
@@ -34,7 +35,11 @@ fn main() {
     assert_eq!(D::PROPETL, PetlConfig::pro(Method::PREFIX));
     assert_eq!(E::PROPETL, PetlConfig::unshared(Method::ADAPTER));
     assert_eq!(F::PROPETL.mask, MaskKind::None);
-    assert_eq!(<G<u8> as ProPetlModel>::PROPETL.keep, 0.3);
+    assert_eq!(<G<Block> as PetlSpec>::PROPETL.keep, 0.3);
+    // the instance API is object-safe: one `dyn` type for models of different types
+    fn state_of(m: &dyn ProPetlModel) -> &PetlState { m.petl() }
+    let _ = state_of;
+    assert_eq!(<C as PetlSpec>::SITES, Sites::ALL);
     assert_eq!(H::PROPETL.keep, 1.0);
     let _ = (std::mem::size_of::<E>(), std::mem::size_of::<F>(), std::mem::size_of::<H>());
 }

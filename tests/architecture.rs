@@ -1,0 +1,223 @@
+//! The architecture's promises: the instance API is object-safe across model types, models
+//! declare their injection sites (a method without a site is refused), run-time overrides
+//! follow the attribute's rules, optimizer roles come from the PETL state and heads, and
+//! every trainable tensor of a task model gets a gradient through the generic interface.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use propetl::models::roberta::{self, Checkpoint, RobertaProAdapter};
+use propetl::models::t5::{self, T5Checkpoint, T5ProAdapter};
+use propetl::prelude::*;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+const TWO_CLASSES: TaskKind = TaskKind::Classification { num_labels: 2 };
+
+#[test]
+fn box_dyn_model_trait_holds_two_model_types() {
+    let dev = Device::Cpu;
+    let rob = Checkpoint::open(fixtures().join("tiny-roberta"), &dev).unwrap();
+    let t5c = T5Checkpoint::open(fixtures().join("t5-pro_adapter-s0/ckpt"), &dev).unwrap();
+    let models: Vec<Box<dyn ProPetlModel>> = vec![
+        Box::new(
+            RobertaProAdapter::from_checkpoint(
+                &rob,
+                TWO_CLASSES,
+                &NumericOverrides::default(),
+                &VarMap::new(),
+                &mut PetlRng::seed(1),
+            )
+            .unwrap(),
+        ),
+        Box::new(
+            T5ProAdapter::from_checkpoint(
+                &t5c,
+                &["sst2", "rte"],
+                &NumericOverrides::default(),
+                &VarMap::new(),
+                &mut PetlRng::seed(1),
+            )
+            .unwrap(),
+        ),
+    ];
+    let layers: Vec<usize> = models.iter().map(|m| m.num_layers()).collect();
+    assert_eq!(
+        layers,
+        [
+            rob.config.num_hidden_layers,
+            t5c.config.num_layers + t5c.config.decoder_layers()
+        ]
+    );
+    let tasks = ["default", "rte"];
+    for (mut m, task) in models.into_iter().zip(tasks) {
+        // the whole instance API through `dyn`
+        assert_eq!(m.petl_context(task).unwrap().len(), m.num_layers());
+        let groups = m.optimizer_groups(&GroupHyper::default(), &[]);
+        assert_eq!(groups[0].name, "mask");
+        assert!(!groups[0].params.is_empty());
+        let report = m.storage_report(1_000_000, 0).unwrap();
+        assert!(report.mask_entries > 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("petl.safetensors");
+        m.save_petl(&path, &Default::default(), 1_000_000).unwrap();
+        let loaded = m.load_petl(&path).unwrap();
+        assert_eq!(
+            loaded.state.hard_masks().unwrap().len(),
+            m.petl().hard_masks().unwrap().len()
+        );
+        m.materialize_for_inference().unwrap();
+        assert!(m.petl().is_frozen());
+    }
+}
+
+/// A block with only the adapter site, used in a generic model (checked at `init`).
+struct AdapterOnly;
+impl PetlSites for AdapterOnly {
+    const SITES: Sites = Sites::ADAPTER;
+}
+
+#[propetl(lora(r = 4, targets = ["q", "v"]), share = "layers", keep = 0.5)]
+struct GenericLora<B> {
+    #[propetl(layers)]
+    blocks: Vec<B>,
+    #[propetl(state)]
+    petl: PetlState,
+}
+
+#[test]
+fn a_method_without_a_site_is_an_init_error_and_t5_refuses_lora() {
+    let layout = PetlLayout::single_task(16, 2, 2);
+    let err = <GenericLora<AdapterOnly> as PetlSpec>::init_petl(
+        &layout,
+        &NumericOverrides::default(),
+        &VarMap::new(),
+        &mut PetlRng::seed(0),
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("GenericLora") && err.contains("no LoRA site on q, v"),
+        "{err}"
+    );
+    assert!(err.contains("declare: adapter"), "{err}");
+    // nothing was created for a refused model: no prototype, no scores
+    let varmap = VarMap::new();
+    let _ = <GenericLora<AdapterOnly> as PetlSpec>::init_petl(
+        &layout,
+        &NumericOverrides::default(),
+        &varmap,
+        &mut PetlRng::seed(0),
+        &Device::Cpu,
+    );
+    assert!(varmap.all_vars().is_empty());
+    // T5's blocks declare only the adapter site: its variant table has no LoRA or prefix
+    for v in [Variant::ProLora, Variant::Lora, Variant::ProPrefix] {
+        let e = t5::spec(v).unwrap_err().to_string();
+        assert!(e.contains("T5 has no variant") && e.contains("adapter"), "{e}");
+    }
+    assert_eq!(
+        <T5ProAdapter as PetlSpec>::SITES,
+        Sites::ADAPTER,
+        "T5 blocks declare the adapter site"
+    );
+}
+
+#[test]
+fn run_time_overrides_follow_the_attributes_rules() {
+    let dev = Device::Cpu;
+    let rob = Checkpoint::open(fixtures().join("tiny-roberta"), &dev).unwrap();
+    // `keep` on the unshared baseline: the attribute rejects it, so does the run time
+    let keep = NumericOverrides {
+        keep: Some(0.5),
+        ..Default::default()
+    };
+    let err = roberta::build(
+        Variant::Adapter,
+        &rob,
+        TWO_CLASSES,
+        &keep,
+        &VarMap::new(),
+        &mut PetlRng::seed(0),
+    )
+    .err()
+    .expect("keep on an unshared baseline must fail")
+    .to_string();
+    assert!(err.contains("keep"), "{err}");
+    // a LoRA size on an adapter variant
+    let rank = NumericOverrides {
+        r: Some(4),
+        ..Default::default()
+    };
+    assert!(roberta::build(
+        Variant::ProAdapter,
+        &rob,
+        TWO_CLASSES,
+        &rank,
+        &VarMap::new(),
+        &mut PetlRng::seed(0)
+    )
+    .is_err());
+}
+
+#[test]
+fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
+    let dev = Device::Cpu;
+    let rob = Checkpoint::open(fixtures().join("tiny-roberta"), &dev).unwrap();
+    for variant in Variant::ALL {
+        let model = roberta::build(
+            variant,
+            &rob,
+            TWO_CLASSES,
+            &NumericOverrides::default(),
+            &VarMap::new(),
+            &mut PetlRng::seed(3),
+        )
+        .unwrap();
+        let groups = model.task_optimizer_groups(&GroupHyper::default());
+        let names = |g: usize| -> Vec<String> {
+            groups[g].params.iter().map(|(n, _)| n.clone()).collect()
+        };
+        let (mask, decay, no_decay) = (names(0), names(1), names(2));
+        assert_eq!(mask.is_empty(), !variant.is_pro(), "{variant}");
+        assert!(mask.iter().all(|n| n.starts_with("mask.")), "{mask:?}");
+        assert!(decay.contains(&"head.dense.weight".to_string()));
+        assert!(no_decay.contains(&"head.out_proj.bias".to_string()));
+        assert!(no_decay.iter().all(|n| n.ends_with("bias")), "{no_decay:?}");
+        // every trainable tensor, found through the model, gets a non-zero gradient
+        let examples = [
+            Example {
+                ids: vec![0, 31, 87, 112, 2],
+                label: 1.0,
+            },
+            Example {
+                ids: vec![0, 45, 2],
+                label: 0.0,
+            },
+        ];
+        let refs: Vec<&Example> = examples.iter().collect();
+        let batch = model.collate(&refs, 16, "default").unwrap();
+        let loss = model.loss(&batch, &mut ForwardMode::Eval).unwrap();
+        let grads = loss.backward().unwrap();
+        for t in model.trainables() {
+            let g = grads
+                .get(t.var.as_tensor())
+                .unwrap_or_else(|| panic!("{variant}: no gradient for {}", t.name));
+            let norm = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            // LoRA's B starts at zero, so A's gradient is zero at init; every other is non-zero
+            if !(t.name.ends_with(".A") && matches!(variant, Variant::Lora | Variant::ProLora)) {
+                assert!(norm > 0.0, "{variant}: zero gradient for {}", t.name);
+            }
+        }
+        // frozen means frozen: the backbone is plain tensors, never a trainable
+        assert!(model
+            .trainables()
+            .iter()
+            .all(|t| !t.name.contains("encoder.layer")));
+        let _: &Tensor = &batch.input_ids;
+    }
+}
