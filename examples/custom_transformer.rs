@@ -272,7 +272,10 @@ fn main() -> Result<()> {
     };
     let acc = evaluate(&model, &test_set, &how)?.selection;
     println!("test accuracy {acc:.1}");
-    ensure!(acc > 60.0, "the trained model is not better than chance: {acc}");
+    ensure!(
+        acc > 60.0,
+        "the trained model is not better than chance: {acc}"
+    );
     println!("\n{}", model.storage()?.to_table());
 
     // Save, restore into a fresh model, compare outputs bit for bit.

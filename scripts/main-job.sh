@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
-cargo run --release --bin propetl -- quickstart "$@"
+cargo run --release -p propetl-cli --bin propetl -- quickstart "$@"

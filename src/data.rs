@@ -5,7 +5,6 @@
 //! A malformed row is an error naming its file and line, unless the caller asks to skip bad
 //! rows (then they are counted in [`Dataset::skipped`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -560,13 +559,4 @@ pub fn load_vader_movies(path: &Path) -> Result<Vec<TextExample>> {
         });
     }
     Ok(out)
-}
-
-/// Class counts (for logs).
-pub fn label_counts(xs: &[TextExample]) -> BTreeMap<i64, usize> {
-    let mut m = BTreeMap::new();
-    for e in xs {
-        *m.entry(e.label as i64).or_insert(0) += 1;
-    }
-    m
 }

@@ -118,7 +118,10 @@ fn a_method_without_a_site_is_an_init_error_and_t5_refuses_lora() {
     // T5's blocks declare only the adapter site: its variant table has no LoRA or prefix
     for v in [Variant::ProLora, Variant::Lora, Variant::ProPrefix] {
         let e = t5::spec(v).unwrap_err().to_string();
-        assert!(e.contains("T5 has no variant") && e.contains("adapter"), "{e}");
+        assert!(
+            e.contains("T5 has no variant") && e.contains("adapter"),
+            "{e}"
+        );
     }
     assert_eq!(
         <T5ProAdapter as PetlSpec>::SITES,
@@ -179,9 +182,8 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
         )
         .unwrap();
         let groups = model.task_optimizer_groups(&GroupHyper::default());
-        let names = |g: usize| -> Vec<String> {
-            groups[g].params.iter().map(|(n, _)| n.clone()).collect()
-        };
+        let names =
+            |g: usize| -> Vec<String> { groups[g].params.iter().map(|(n, _)| n.clone()).collect() };
         let (mask, decay, no_decay) = (names(0), names(1), names(2));
         assert_eq!(mask.is_empty(), !variant.is_pro(), "{variant}");
         assert!(mask.iter().all(|n| n.starts_with("mask.")), "{mask:?}");
@@ -207,7 +209,13 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
             let g = grads
                 .get(t.var.as_tensor())
                 .unwrap_or_else(|| panic!("{variant}: no gradient for {}", t.name));
-            let norm = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let norm = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             // LoRA's B starts at zero, so A's gradient is zero at init; every other is non-zero
             if !(t.name.ends_with(".A") && matches!(variant, Variant::Lora | Variant::ProLora)) {
                 assert!(norm > 0.0, "{variant}: zero gradient for {}", t.name);

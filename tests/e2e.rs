@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use propetl::data::{CustomData, GlueTask};
 use propetl::run::{eval_settings, prepare, run as run_with, RunConfig, RunReport, Task};
-use propetl::train::{evaluate, predict_values, Silent};
 use propetl::runtime::Variant;
+use propetl::train::{evaluate, predict_values, Silent};
 
 fn glue_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/glue")
@@ -17,7 +17,10 @@ fn run(cfg: &RunConfig, out: &std::path::Path) -> anyhow::Result<RunReport> {
 }
 
 fn quick(task: &str, variant: &str, epochs: usize) -> RunConfig {
-    let mut c = RunConfig::new(task.parse::<Task>().unwrap(), variant.parse::<Variant>().unwrap());
+    let mut c = RunConfig::new(
+        task.parse::<Task>().unwrap(),
+        variant.parse::<Variant>().unwrap(),
+    );
     c.data_dir = Some(glue_dir());
     c.train.epochs = epochs;
     c.train.batch_size = 8;
@@ -47,7 +50,10 @@ fn every_glue_task_trains_and_reports_its_metrics() {
         };
         assert_eq!(names(&report.test), expect, "{t:?} test: {:?}", report.test);
         assert_eq!(names(&report.eval), expect, "{t:?} eval: {:?}", report.eval);
-        assert!(report.test.selection.is_finite() || t == GlueTask::Stsb, "{t:?}");
+        assert!(
+            report.test.selection.is_finite() || t == GlueTask::Stsb,
+            "{t:?}"
+        );
         assert!(
             report.sizes.train > 0 && report.sizes.eval > 0 && report.sizes.test > 0,
             "{t:?}"
@@ -212,4 +218,3 @@ fn a_diverging_run_stops_with_a_clear_error() {
     let err = format!("{:#}", run(&cfg, &dir.path().join("nan")).unwrap_err());
     assert!(err.contains("not finite"), "{err}");
 }
-

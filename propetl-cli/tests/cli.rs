@@ -155,7 +155,9 @@ fn a_gpu_device_on_a_cpu_build_names_the_cargo_feature() {
         return;
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_propetl"))
-        .args(["train", "--task", "sst2", "--device", "cuda", "--epochs", "1"])
+        .args([
+            "train", "--task", "sst2", "--device", "cuda", "--epochs", "1",
+        ])
         .arg("--data-dir")
         .arg(glue_dir())
         .arg("--out")
@@ -205,12 +207,7 @@ fn the_library_crate_has_no_cli_dependencies() {
     );
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(tree.contains("candle-core"), "{tree}");
-    for cli_only in [
-        "clap ",
-        "plotters ",
-        "indicatif ",
-        "tracing-subscriber ",
-    ] {
+    for cli_only in ["clap ", "plotters ", "indicatif ", "tracing-subscriber "] {
         assert!(
             !tree.lines().any(|l| l.starts_with(cli_only)),
             "the library depends on {cli_only}"

@@ -25,7 +25,10 @@ fn run(name: &str) {
     assert!(checks.iter().all(|c| c["ok"] == true), "{name}: {stdout}");
     // every trainable tensor was compared: masks, forward, grads and the step
     if name.starts_with("roberta") {
-        assert!(names.iter().any(|n| n.starts_with("grad:head.")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("grad:head.")),
+            "{names:?}"
+        );
         assert!(names.contains(&"hidden"), "{names:?}");
     }
     assert!(names.contains(&"logits") && names.contains(&"loss"));

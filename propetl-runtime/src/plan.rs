@@ -51,11 +51,6 @@ impl PetlLayout {
         self
     }
 
-    /// Index of a layer name.
-    pub fn layer_index(&self, name: &str) -> Result<usize> {
-        find(&self.layers, name, "layer")
-    }
-
     /// Index of a task name.
     pub fn task_index(&self, name: &str) -> Result<usize> {
         find(&self.tasks, name, "task")

@@ -609,17 +609,6 @@ impl LayerPetl {
         }
     }
 
-    /// The dense LoRA weight update `ΔW = (α/r)(B⊙M_B)(A⊙M_A)` of `target`, for merging.
-    pub fn lora_weight_delta(&self, target: LoraTarget) -> Result<Option<Tensor>> {
-        match self {
-            LayerPetl::Lora(parts) => match parts.iter().find(|p| p.target == target) {
-                Some(p) => Ok(Some((p.b.matmul(&p.a)? * p.scale)?)),
-                None => Ok(None),
-            },
-            _ => Ok(None),
-        }
-    }
-
     /// The prefix keys and values `[P, H]`, or `None`.
     pub fn prefix_kv(&self) -> Option<(&Tensor, &Tensor)> {
         match self {
