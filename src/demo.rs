@@ -69,10 +69,10 @@ pub struct DemoRun {
 pub fn run_variant(
     variant: Variant,
     cfg: &TrainConfig,
+    device: &Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<DemoRun> {
-    let dev = Device::Cpu;
-    let ckpt = Checkpoint::random(tiny_config(), 0.05, &mut PetlRng::seed(7), &dev)?;
+    let ckpt = Checkpoint::random(tiny_config(), 0.05, &mut PetlRng::seed(7), device)?;
     let data = majority_task(1200, cfg.seed);
     let (train_set, rest) = data.split_at(800);
     let (eval_set, test_set) = rest.split_at(200);

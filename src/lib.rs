@@ -31,6 +31,7 @@
 //! ([`train()`]), data loaders, metrics and run directories; it prints nothing (progress goes
 //! to a [`TrainObserver`]). The `propetl` command line lives in `propetl-cli`.
 
+pub mod checkpoint;
 pub mod data;
 pub mod demo;
 pub mod metrics;

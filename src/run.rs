@@ -9,13 +9,14 @@
 //! | `best.safetensors` | the best epoch's PETL state + head (runtime save format) |
 //! | `report.json` | final metrics (eval of the best epoch, test), storage report, wall time |
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use propetl_models::roberta::{self, Checkpoint};
 use propetl_runtime::{
@@ -26,8 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, CustomData, GlueTask, Splits, TextExample};
 use crate::metrics::Metrics;
+use crate::checkpoint::TrainCheckpoint;
 use crate::train::{
-    evaluate, train, EpochLog, EvalSettings, TrainConfig, TrainData, TrainObserver,
+    evaluate, set_trainable_values, train_from, trainable_values, EpochLog, EvalSettings,
+    TrainConfig, TrainData, TrainObserver,
 };
 
 /// What a run trains on.
@@ -174,6 +177,30 @@ impl RunConfig {
         }
     }
 
+    /// Check every value before any work: training hyper-parameters, example limits, the
+    /// PETL overrides against the variant's rules. Errors name the key and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        for (key, v) in [
+            ("max_train_examples", self.max_train_examples),
+            ("max_eval_examples", self.max_eval_examples),
+        ] {
+            if v == Some(0) {
+                bail!("{key} must be at least 1 when given, got 0");
+            }
+        }
+        if self.task == Task::Custom && self.custom.is_none() {
+            bail!("task = \"custom\" needs a [custom] section");
+        }
+        if self.task != Task::Custom && self.custom.is_some() {
+            bail!("a [custom] section needs task = \"custom\" (task is `{}`)", self.task);
+        }
+        roberta::spec(self.variant)
+            .and_then(|spec| Ok(self.petl.apply(&spec)?))
+            .with_context(|| format!("[petl] overrides of variant `{}`", self.variant))?;
+        Ok(())
+    }
+
     /// Parse a TOML file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text =
@@ -318,17 +345,6 @@ fn tokenize(
         .collect()
 }
 
-fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(value)?)?;
-    f.sync_data()?;
-    Ok(())
-}
-
 /// A model with everything a run needs.
 pub struct Prepared {
     /// The model (every trainable tensor is reachable through it).
@@ -350,6 +366,7 @@ pub fn device(cfg: &RunConfig) -> Result<Device> {
 
 /// Load model and data for a configuration.
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
+    cfg.validate()?;
     let dev = device(cfg)?;
     let ckpt = match &cfg.model_dir {
         Some(d) => Checkpoint::open(d, &dev)?,
@@ -393,13 +410,34 @@ pub fn eval_settings(cfg: &RunConfig) -> EvalSettings<'static> {
     }
 }
 
-/// Keeps the best epoch's state and appends each epoch to `metrics.jsonl`, then forwards to
-/// the caller's observer.
+/// Keeps the best epoch's state, appends each epoch to `metrics.jsonl`, writes training
+/// checkpoints, then forwards to the caller's observer.
 struct RunObserver<'a> {
     inner: &'a mut dyn TrainObserver,
-    metrics_path: PathBuf,
-    best_path: PathBuf,
-    best: Option<(usize, f64, Metrics)>,
+    dir: PathBuf,
+    best: Option<BestEpoch>,
+    best_values: BTreeMap<String, Tensor>,
+    /// Test hook: fail right after this epoch's checkpoint (a crash, without a sleep or kill).
+    fail_after_epoch: Option<usize>,
+}
+
+/// The best epoch so far (kept in the training checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BestEpoch {
+    epoch: usize,
+    metric: Option<f64>,
+    eval: Metrics,
+}
+
+impl BestEpoch {
+    /// NaN never beats a number; a number beats NaN; the first epoch beats nothing.
+    fn is_beaten_by(best: Option<&BestEpoch>, metric: f64) -> bool {
+        match best.map(|b| b.metric.unwrap_or(f64::NAN)) {
+            None => true,
+            Some(b) if b.is_nan() => !metric.is_nan(),
+            Some(b) => metric > b,
+        }
+    }
 }
 
 impl TrainObserver for RunObserver<'_> {
@@ -410,40 +448,250 @@ impl TrainObserver for RunObserver<'_> {
         self.inner.on_step(epoch, step, loss, tokens_per_s)
     }
     fn on_epoch(&mut self, model: &dyn TaskModel, log: &EpochLog) -> Result<()> {
-        append_jsonl(&self.metrics_path, log)?;
         let metric = log.eval_metric();
-        let better = self
-            .best
-            .as_ref()
-            .is_none_or(|(_, b, _)| metric > *b || b.is_nan());
-        if better {
-            model.save(&self.best_path)?;
-            self.best = Some((log.epoch, metric, log.eval.clone().unwrap_or_default()));
+        if BestEpoch::is_beaten_by(self.best.as_ref(), metric) {
+            self.best = Some(BestEpoch {
+                epoch: log.epoch,
+                metric: metric.is_finite().then_some(metric),
+                eval: log.eval.clone().unwrap_or_default(),
+            });
+            self.best_values = trainable_values(model);
         }
         self.inner.on_epoch(model, log)
+    }
+    fn wants_checkpoints(&self) -> bool {
+        true
+    }
+    fn on_checkpoint(&mut self, model: &dyn TaskModel, mut ckpt: TrainCheckpoint) -> Result<()> {
+        // the checkpoint first: it holds everything the other files are derived from
+        ckpt.extra = serde_json::to_value(&self.best)?;
+        ckpt.extra_tensors = self.best_values.clone();
+        let epochs_done = ckpt.progress.epochs_done;
+        let at_epoch_end = ckpt.progress.batches.is_empty();
+        let logs = ckpt.progress.logs.clone();
+        ckpt.save(&self.dir.join(CHECKPOINT_FILE))?;
+        if at_epoch_end {
+            write_metrics(&self.dir, &logs)?;
+            if self.best.as_ref().is_some_and(|b| b.epoch == epochs_done) {
+                model.save(&self.dir.join(BEST_FILE))?;
+            }
+            if self.fail_after_epoch == Some(epochs_done) {
+                bail!("injected failure after epoch {epochs_done}");
+            }
+        }
+        Ok(())
     }
     fn on_finish(&mut self) {
         self.inner.on_finish()
     }
 }
 
+/// The training checkpoint of a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The best epoch's inference state (PETL state + head).
+pub const BEST_FILE: &str = "best.safetensors";
+const LOCK_FILE: &str = ".lock";
+
+/// `metrics.jsonl` rewritten atomically from the logs (one JSON object per epoch).
+fn write_metrics(dir: &Path, logs: &[EpochLog]) -> Result<()> {
+    let mut text = String::new();
+    for log in logs {
+        text += &serde_json::to_string(log)?;
+        text.push('\n');
+    }
+    atomic_write(&dir.join("metrics.jsonl"), text.as_bytes())?;
+    Ok(())
+}
+
+/// An exclusive lock on a run directory (`.lock` holding the writer's pid), released on drop.
+/// A lock left by a process that no longer runs is taken over.
+struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = holder.trim().parse::<u32>().ok();
+                    let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                    if alive && pid != Some(std::process::id()) {
+                        bail!(
+                            "{} is in use by another propetl process (pid {}); wait for it to finish",
+                            dir.display(),
+                            holder.trim()
+                        );
+                    }
+                    // stale: its writer is gone
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing stale lock {}", path.display()))?;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating lock {}", path.display()))
+                }
+            }
+        }
+        bail!("cannot lock {}", dir.display())
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What to do with an existing run directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Replace an existing, non-empty run directory: the new run is built in a fresh sibling
+    /// directory and swapped in only when it has finished.
+    pub overwrite: bool,
+    /// Test hook: fail right after the checkpoint of this epoch (a crash without a kill).
+    #[doc(hidden)]
+    pub fail_after_epoch: Option<usize>,
+}
+
+fn is_nonempty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// Run a configuration, writing the run directory `out`; `observer` sees the progress.
+///
+/// The whole configuration and the data are validated and the model is built before anything
+/// is written. An existing non-empty `out` is an error unless `options.overwrite`; then the new
+/// run is built beside it and swapped in at the end, so a failed run leaves it untouched.
 pub fn run(cfg: &RunConfig, out: &Path, observer: &mut dyn TrainObserver) -> Result<RunReport> {
+    run_with(cfg, out, RunOptions::default(), observer)
+}
+
+/// [`run`] with options (overwrite).
+pub fn run_with(
+    cfg: &RunConfig,
+    out: &Path,
+    options: RunOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunReport> {
     let start = std::time::Instant::now();
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    atomic_write(
-        &out.join("config.toml"),
-        toml::to_string_pretty(cfg)?.as_bytes(),
-    )?;
-    let metrics_path = out.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics_path);
+    if out.exists() && !out.is_dir() {
+        bail!("{} exists and is not a directory", out.display());
+    }
+    if is_nonempty_dir(out) && !options.overwrite {
+        bail!(
+            "run directory {} exists and is not empty: pass --overwrite to replace it or --resume to continue it",
+            out.display()
+        );
+    }
+    if out.join(LOCK_FILE).exists() {
+        // refuse early when another live process writes there
+        drop(RunLock::acquire(out)?);
+    }
+    let prepared = prepare(cfg)?;
+    // everything is valid: now write, into `out` directly when it is new or empty, otherwise
+    // into a fresh sibling that replaces it at the end
+    let staging = if is_nonempty_dir(out) {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "run".into());
+        out.with_file_name(format!(".{name}.new-{}", std::process::id()))
+    } else {
+        out.to_path_buf()
+    };
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let lock = RunLock::acquire(&staging)?;
+    let result = train_in(cfg, &staging, prepared, None, options, observer, start);
+    if staging != out {
+        match &result {
+            Ok(_) => {
+                drop(lock);
+                swap_in(&staging, out)?;
+            }
+            Err(_) => {
+                drop(lock);
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+        }
+    }
+    result
+}
+
+/// Replace `out` by `staging` (both in the same parent directory).
+fn swap_in(staging: &Path, out: &Path) -> Result<()> {
+    let old = staging.with_extension("old");
+    std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
+    if let Err(e) = std::fs::rename(staging, out) {
+        let _ = std::fs::rename(&old, out);
+        return Err(e).with_context(|| format!("moving the new run into {}", out.display()));
+    }
+    std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    Ok(())
+}
+
+/// Continue the run in `dir` from its last checkpoint (written at every epoch end and every
+/// `train.checkpoint_every_steps` steps); it ends bit-identical to an uninterrupted run.
+pub fn resume(dir: &Path, observer: &mut dyn TrainObserver) -> Result<RunReport> {
+    resume_with(dir, RunOptions::default(), observer)
+}
+
+/// [`resume`] with options (the failure hook).
+pub fn resume_with(
+    dir: &Path,
+    options: RunOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunReport> {
+    let start = std::time::Instant::now();
+    let cfg = RunConfig::from_toml_file(&dir.join("config.toml"))
+        .with_context(|| format!("{} is not a resumable run directory", dir.display()))?;
+    let ckpt_path = dir.join(CHECKPOINT_FILE);
+    if !ckpt_path.exists() {
+        bail!(
+            "{} has no {CHECKPOINT_FILE}: nothing to resume (it was never checkpointed)",
+            dir.display()
+        );
+    }
+    let lock = RunLock::acquire(dir)?;
+    let prepared = prepare(&cfg)?;
+    let ckpt = TrainCheckpoint::load(&ckpt_path, &cfg.device.open()?)?;
+    let result = train_in(&cfg, dir, prepared, Some(ckpt), options, observer, start);
+    drop(lock);
+    result
+}
+
+fn train_in(
+    cfg: &RunConfig,
+    dir: &Path,
+    prepared: Prepared,
+    resume: Option<TrainCheckpoint>,
+    options: RunOptions,
+    observer: &mut dyn TrainObserver,
+    start: std::time::Instant,
+) -> Result<RunReport> {
     let Prepared {
         mut model,
         train: tr,
         eval,
         test,
         skipped,
-    } = prepare(cfg)?;
+    } = prepared;
+    if resume.is_none() {
+        atomic_write(
+            &dir.join("config.toml"),
+            toml::to_string_pretty(cfg)?.as_bytes(),
+        )?;
+    }
     let mut train_cfg = cfg.train.clone();
     if let (true, Some(t)) = (cfg.epochs_from_task, cfg.task.glue()) {
         train_cfg.epochs = t.paper_epochs();
@@ -454,7 +702,6 @@ pub fn run(cfg: &RunConfig, out: &Path, observer: &mut dyn TrainObserver) -> Res
         test = test.len(),
         "data ready"
     );
-    let best_path = out.join("best.safetensors");
     let data = TrainData {
         train: &tr,
         eval: &eval,
@@ -463,19 +710,33 @@ pub fn run(cfg: &RunConfig, out: &Path, observer: &mut dyn TrainObserver) -> Res
     };
     let mut run_observer = RunObserver {
         inner: observer,
-        metrics_path,
-        best_path: best_path.clone(),
+        dir: dir.to_path_buf(),
         best: None,
+        best_values: BTreeMap::new(),
+        fail_after_epoch: options.fail_after_epoch,
     };
-    let epochs = train(model.as_mut(), &data, &train_cfg, &mut run_observer)?;
-    let (best_epoch, _, best_eval) = run_observer.best.context("no epoch was run")?;
-    model.restore(&best_path)?;
+    if let Some(ckpt) = &resume {
+        run_observer.best = serde_json::from_value(ckpt.extra.clone())
+            .context("training checkpoint: bad best-epoch record")?;
+        run_observer.best_values = ckpt.extra_tensors.clone();
+        // the derived files are rebuilt from the checkpoint (a crash may have left them newer)
+        write_metrics(dir, &ckpt.progress.logs)?;
+        if run_observer.best.is_some() {
+            let current = trainable_values(model.as_ref());
+            set_trainable_values(model.as_ref(), &run_observer.best_values)?;
+            model.save(&dir.join(BEST_FILE))?;
+            set_trainable_values(model.as_ref(), &current)?;
+        }
+    }
+    let epochs = train_from(model.as_mut(), &data, &train_cfg, &mut run_observer, resume)?;
+    let best = run_observer.best.context("no epoch was run")?;
+    model.restore(&dir.join(BEST_FILE))?;
     let test_scores = evaluate(model.as_ref(), &test, &eval_settings(cfg))?;
     let report = RunReport {
         task: cfg.task,
         variant: cfg.variant,
-        best_epoch,
-        eval: best_eval,
+        best_epoch: best.epoch,
+        eval: best.eval,
         test: test_scores,
         storage: model.storage()?,
         sizes: SplitSizes {
@@ -488,7 +749,7 @@ pub fn run(cfg: &RunConfig, out: &Path, observer: &mut dyn TrainObserver) -> Res
         epochs,
     };
     atomic_write(
-        &out.join("report.json"),
+        &dir.join("report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     Ok(report)

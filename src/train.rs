@@ -5,14 +5,17 @@
 //! The library prints nothing: progress goes to a [`TrainObserver`] (the CLI draws bars or
 //! logs lines with it).
 
-use anyhow::{bail, Result};
-use candle_core::DType;
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
 use propetl_runtime::{
     clip_grad_norm, AdamW, Example, ForwardMode, GroupHyper, PetlError, PetlRng, Schedule,
     TaskModel,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Progress, TrainCheckpoint};
 use crate::data::GlueTask;
 use crate::metrics::{task_metrics, Metrics};
 
@@ -42,6 +45,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Show progress (bars on a terminal, log lines otherwise).
     pub progress: bool,
+    /// Also checkpoint every this many optimizer steps (a checkpoint is always written at the
+    /// end of every epoch when the caller asks for checkpoints).
+    pub checkpoint_every_steps: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -58,11 +64,59 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             seed: 42,
             progress: true,
+            checkpoint_every_steps: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// Check every value against its allowed range; the error names the key and the range.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bail!("train.{key} must be a finite number > 0, got {v}")
+            }
+        };
+        positive("lr", self.lr)?;
+        positive("mask_lr", self.mask_lr)?;
+        positive("max_grad_norm", self.max_grad_norm)?;
+        for (key, v) in [
+            ("weight_decay", self.weight_decay),
+            ("mask_weight_decay", self.mask_weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("train.{key} must be a finite number >= 0, got {v}");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            bail!(
+                "train.warmup_ratio must lie in [0, 1], got {}",
+                self.warmup_ratio
+            );
+        }
+        for (key, v) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("max_len", self.max_len),
+        ] {
+            if v == 0 {
+                bail!("train.{key} must be at least 1, got 0");
+            }
+        }
+        if self.max_len < 2 {
+            bail!(
+                "train.max_len must be at least 2 (a sequence keeps its start and end tokens), got {}",
+                self.max_len
+            );
+        }
+        if self.checkpoint_every_steps == Some(0) {
+            bail!("train.checkpoint_every_steps must be at least 1 when given, got 0");
+        }
+        Ok(())
+    }
+
     /// The learning rates and weight decays of the three optimizer groups.
     pub fn group_hyper(&self) -> GroupHyper {
         GroupHyper {
@@ -75,7 +129,7 @@ impl TrainConfig {
 }
 
 /// What happened in one epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
     /// 1-based epoch.
     pub epoch: usize,
@@ -112,6 +166,16 @@ pub trait TrainObserver {
     /// (e.g. to save the best epoch).
     fn on_epoch(&mut self, model: &dyn TaskModel, log: &EpochLog) -> Result<()> {
         let _ = (model, log);
+        Ok(())
+    }
+    /// Whether the trainer should build checkpoints (at every epoch end, and every
+    /// `checkpoint_every_steps` steps) and hand them to [`on_checkpoint`](Self::on_checkpoint).
+    fn wants_checkpoints(&self) -> bool {
+        false
+    }
+    /// A checkpoint to store (after [`on_epoch`](Self::on_epoch) at an epoch end).
+    fn on_checkpoint(&mut self, model: &dyn TaskModel, checkpoint: TrainCheckpoint) -> Result<()> {
+        let _ = (model, checkpoint);
         Ok(())
     }
     /// Training ended (successfully or not).
@@ -214,6 +278,76 @@ pub fn train(
     cfg: &TrainConfig,
     observer: &mut dyn TrainObserver,
 ) -> Result<Vec<EpochLog>> {
+    train_from(model, data, cfg, observer, None)
+}
+
+/// Error naming the first trainable tensor holding NaN or infinity.
+pub fn check_finite(model: &dyn TaskModel, step: usize) -> Result<()> {
+    for t in model.trainables() {
+        let ok = t
+            .var
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?
+            .is_finite();
+        if !ok {
+            bail!(
+                "tensor `{}` holds NaN or infinite values after optimizer step {step}; lower the learning rate or clip gradients (train.max_grad_norm)",
+                t.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The trainable tensors of `model` by name (detached copies).
+pub fn trainable_values(model: &dyn TaskModel) -> BTreeMap<String, Tensor> {
+    model
+        .trainables()
+        .into_iter()
+        .map(|t| (t.name, t.var.as_tensor().detach()))
+        .collect()
+}
+
+/// Set the trainable tensors of `model` from `values` (all of them, with their shapes).
+pub fn set_trainable_values(model: &dyn TaskModel, values: &BTreeMap<String, Tensor>) -> Result<()> {
+    let trainables = model.trainables();
+    if values.len() != trainables.len() {
+        bail!(
+            "checkpoint holds {} trainable tensors, the model has {}",
+            values.len(),
+            trainables.len()
+        );
+    }
+    for t in trainables {
+        let v = values
+            .get(&t.name)
+            .with_context(|| format!("checkpoint has no tensor `{}`", t.name))?;
+        if v.dims() != t.var.dims() {
+            bail!(
+                "checkpoint tensor `{}` has shape {:?}, the model's is {:?}",
+                t.name,
+                v.dims(),
+                t.var.dims()
+            );
+        }
+        t.var.set(v)?;
+    }
+    Ok(())
+}
+
+/// [`train`], continuing from a checkpoint when `resume` is given (the model's trainable
+/// tensors, the optimizer, the RNG, the epoch and the position in it are restored, so the run
+/// ends bit-identical to an uninterrupted one).
+pub fn train_from(
+    model: &mut dyn TaskModel,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    observer: &mut dyn TrainObserver,
+    resume: Option<TrainCheckpoint>,
+) -> Result<Vec<EpochLog>> {
     let TrainData {
         train,
         eval,
@@ -223,9 +357,7 @@ pub fn train(
     if train.is_empty() {
         bail!("the training set is empty");
     }
-    if cfg.batch_size == 0 {
-        bail!("batch_size must be at least 1");
-    }
+    cfg.validate()?;
     let groups = model.task_optimizer_groups(&cfg.group_hyper());
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
@@ -233,14 +365,30 @@ pub fn train(
     let all_vars = opt.vars();
     let mut rng = PetlRng::seed(cfg.seed);
     let mut logs = Vec::new();
+    let mut resumed: Option<Progress> = None;
+    if let Some(ckpt) = resume {
+        set_trainable_values(&*model, &ckpt.params)?;
+        opt.set_state(ckpt.optimizer_steps, ckpt.moments)?;
+        rng = PetlRng::from_state(&ckpt.progress.rng).map_err(anyhow::Error::msg)?;
+        logs = ckpt.progress.logs.clone();
+        resumed = Some(ckpt.progress);
+    }
+    let start_epoch = logs.len() + 1;
+    let checkpoints = observer.wants_checkpoints();
     observer.on_start(total, cfg.epochs);
     let result = (|| -> Result<()> {
-        for epoch in 1..=cfg.epochs {
+        for epoch in start_epoch..=cfg.epochs {
             let start = std::time::Instant::now();
-            let batches = length_bucketed_batches(train, cfg.batch_size, &mut rng);
-            let mut step_losses = Vec::with_capacity(steps_per_epoch);
-            let mut tokens = 0usize;
-            for chunk in &batches {
+            let (batches, first, mut step_losses, mut tokens) = match resumed.take() {
+                Some(p) if !p.batches.is_empty() => (p.batches, p.position, p.step_losses, p.tokens),
+                _ => (
+                    length_bucketed_batches(train, cfg.batch_size, &mut rng),
+                    0,
+                    Vec::with_capacity(steps_per_epoch),
+                    0,
+                ),
+            };
+            for (i, chunk) in batches.iter().enumerate().skip(first) {
                 let refs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
                 let batch = model.collate(&refs, cfg.max_len, task)?;
                 tokens += batch.input_ids.elem_count();
@@ -252,9 +400,28 @@ pub fn train(
                 let mut grads = loss.backward()?;
                 clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
                 opt.step(&grads)?;
+                check_finite(&*model, opt.steps_taken())?;
                 step_losses.push(l as f64);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 observer.on_step(epoch, opt.steps_taken(), l as f64, tokens as f64 / secs);
+                let done = i + 1;
+                if checkpoints
+                    && done < batches.len()
+                    && cfg
+                        .checkpoint_every_steps
+                        .is_some_and(|n| opt.steps_taken() % n == 0)
+                {
+                    let progress = Progress {
+                        epochs_done: epoch - 1,
+                        batches: batches.clone(),
+                        position: done,
+                        step_losses: step_losses.clone(),
+                        tokens,
+                        rng: rng.state(),
+                        logs: logs.clone(),
+                    };
+                    observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress))?;
+                }
             }
             let train_secs = start.elapsed().as_secs_f64();
             let train_loss = step_losses.iter().sum::<f64>() / step_losses.len().max(1) as f64;
@@ -279,10 +446,34 @@ pub fn train(
             };
             observer.on_epoch(&*model, &log)?;
             logs.push(log);
+            if checkpoints {
+                let progress = Progress {
+                    epochs_done: epoch,
+                    batches: Vec::new(),
+                    position: 0,
+                    step_losses: Vec::new(),
+                    tokens: 0,
+                    rng: rng.state(),
+                    logs: logs.clone(),
+                };
+                observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress))?;
+            }
         }
         Ok(())
     })();
     observer.on_finish();
     result?;
     Ok(logs)
+}
+
+fn snapshot(model: &dyn TaskModel, opt: &AdamW, progress: Progress) -> TrainCheckpoint {
+    let (optimizer_steps, moments) = opt.state();
+    TrainCheckpoint {
+        params: trainable_values(model),
+        moments,
+        optimizer_steps,
+        progress,
+        extra_tensors: BTreeMap::new(),
+        extra: serde_json::Value::Null,
+    }
 }

@@ -43,6 +43,9 @@ enum Command {
         /// Learning rate of mask scores.
         #[arg(long, default_value_t = 3e-3)]
         mask_lr: f64,
+        /// Device (cpu, cuda, cuda:N, metal).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
     },
     /// Train a variant on a task (GLUE, sentiment or custom data) and write a run directory.
     Train(TrainArgs),
@@ -93,6 +96,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Device to run the checks on (cpu, cuda, cuda:N, metal).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
     },
     /// Print the storage report of a variant on a model shape (method page §6).
     Storage {
@@ -116,6 +122,17 @@ struct TrainArgs {
     /// A TOML run configuration (see configs/); flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (every other flag comes
+    /// from its config.toml).
+    #[arg(long, conflicts_with_all = ["config", "task", "variant", "out", "overwrite", "model_dir", "data_dir", "epochs", "batch_size", "max_len", "lr", "mask_lr", "keep", "seed", "max_train_examples", "device"])]
+    resume: Option<PathBuf>,
+    /// Replace an existing run directory (the new run is built beside it and swapped in only
+    /// when it has finished).
+    #[arg(long)]
+    overwrite: bool,
+    /// Also checkpoint every this many optimizer steps (always: at the end of every epoch).
+    #[arg(long)]
+    checkpoint_every_steps: Option<usize>,
     /// Run directory to write.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -195,6 +212,9 @@ impl TrainArgs {
         if self.quiet {
             c.train.progress = false;
         }
+        if self.checkpoint_every_steps.is_some() {
+            c.train.checkpoint_every_steps = self.checkpoint_every_steps;
+        }
         Ok(c)
     }
 }
@@ -240,13 +260,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             lr,
             mask_lr,
+            device,
         } => {
             println!("ProPETL demo: tiny RoBERTa (2 layers, hidden 64) built in-process, synthetic majority task\n");
             let cfg = demo::demo_config(epochs, seed, lr, mask_lr);
             let mut runs = Vec::new();
             for variant in [Variant::ProAdapter, Variant::Adapter] {
                 let mut progress = Progress::new(variant.name(), true);
-                runs.push(demo::run_variant(variant, &cfg, &mut progress)?);
+                runs.push(demo::run_variant(variant, &cfg, &device.open()?, &mut progress)?);
             }
             let (pro, base) = (&runs[0], &runs[1]);
             for run in [pro, base] {
@@ -267,11 +288,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(args) => {
-            let cfg = args.resolve()?;
-            let mut progress = Progress::new(cfg.variant.name(), cfg.train.progress);
-            let report = run::run(&cfg, &args.out, &mut progress)?;
+            let (report, dir) = match &args.resume {
+                Some(dir) => {
+                    let mut progress = Progress::new("resume", !args.quiet);
+                    (run::resume(dir, &mut progress)?, dir.clone())
+                }
+                None => {
+                    let cfg = args.resolve()?;
+                    let mut progress = Progress::new(cfg.variant.name(), cfg.train.progress);
+                    let options = run::RunOptions {
+                        overwrite: args.overwrite,
+                        ..Default::default()
+                    };
+                    let report = run::run_with(&cfg, &args.out, options, &mut progress)?;
+                    (report, args.out.clone())
+                }
+            };
             print_report(&report);
-            println!("run directory: {}", args.out.display());
+            println!("run directory: {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run: dir, split } => {
@@ -317,7 +351,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ..RunConfig::new(Task::RottenTomatoes, v)
                 };
                 let mut progress = Progress::new(v.name(), true);
-                let report = run::run(&cfg, &out.join(v.name()), &mut progress)?;
+                // the main job replaces its own previous results
+                let options = run::RunOptions {
+                    overwrite: true,
+                    ..Default::default()
+                };
+                let report = run::run_with(&cfg, &out.join(v.name()), options, &mut progress)?;
                 print_report(&report);
                 println!();
                 reports.push(report);
@@ -344,10 +383,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Parity { dirs, json } => {
+        Command::Parity { dirs, json, device } => {
+            let dev = device.open()?;
             let mut all_ok = true;
             for dir in dirs {
-                let report = parity::check_fixture(&dir)
+                let report = parity::check_fixture(&dir, &dev)
                     .with_context(|| format!("parity check of {}", dir.display()))?;
                 all_ok &= report.passed();
                 if json {

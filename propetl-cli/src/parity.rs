@@ -147,6 +147,7 @@ struct Harness<'a> {
     names: NameMap,
     vars: std::collections::HashMap<String, Var>,
     checks: Vec<TensorCheck>,
+    dev: Device,
 }
 
 impl Harness<'_> {
@@ -175,7 +176,7 @@ impl Harness<'_> {
     }
 
     fn load_params(&self) -> Result<()> {
-        let params = load_st(&self.dir.join("params.safetensors"), &Device::Cpu)?;
+        let params = load_st(&self.dir.join("params.safetensors"), &self.dev)?;
         let mut set = 0;
         for (name, t) in &params {
             for (ours, value) in self.names.our_tensors(name, t)? {
@@ -210,7 +211,7 @@ impl Harness<'_> {
         all: bool,
     ) -> Result<BTreeMap<String, Tensor>> {
         let fixture: BTreeMap<String, Tensor> =
-            load_st(&self.dir.join("masks.safetensors"), &Device::Cpu)?
+            load_st(&self.dir.join("masks.safetensors"), &self.dev)?
                 .into_iter()
                 .filter(|(n, _)| !n.starts_with('_'))
                 .collect();
@@ -237,7 +238,7 @@ impl Harness<'_> {
         forward: &mut dyn FnMut() -> Result<Outputs>,
         groups: &dyn Fn(&GroupHyper) -> Vec<ParamGroup>,
     ) -> Result<()> {
-        let outputs = load_st(&self.dir.join("outputs.safetensors"), &Device::Cpu)?;
+        let outputs = load_st(&self.dir.join("outputs.safetensors"), &self.dev)?;
         let (named, loss) = forward()?;
         for (name, t) in &named {
             let theirs = outputs
@@ -249,7 +250,7 @@ impl Harness<'_> {
         self.check("loss".into(), &loss.reshape(1)?, &outputs["loss"])?;
 
         let grads = loss.backward()?;
-        let fixture_grads = load_st(&self.dir.join("grads.safetensors"), &Device::Cpu)?;
+        let fixture_grads = load_st(&self.dir.join("grads.safetensors"), &self.dev)?;
         let our_grads: BTreeMap<String, Tensor> = self
             .vars
             .iter()
@@ -310,7 +311,7 @@ impl Harness<'_> {
         }
         let mut opt = AdamW::new(groups, Schedule::Constant);
         opt.step(&grads)?;
-        let step1 = load_st(&self.dir.join("step1.safetensors"), &Device::Cpu)?;
+        let step1 = load_st(&self.dir.join("step1.safetensors"), &self.dev)?;
         let after: BTreeMap<String, Tensor> = self
             .vars
             .iter()
@@ -345,11 +346,11 @@ fn read_settings(dir: &Path) -> Result<serde_json::Value> {
 
 /// Run every check of one fixture folder (RoBERTa/BERT or T5, any variant named in its
 /// `settings.json`).
-pub fn check_fixture(dir: &Path) -> Result<ParityReport> {
+pub fn check_fixture(dir: &Path, dev: &Device) -> Result<ParityReport> {
     let settings = read_settings(dir)?;
     match settings["model_type"].as_str().unwrap_or("?") {
-        "roberta" | "bert" => check_roberta(dir, &settings),
-        "t5" => check_t5(dir, &settings),
+        "roberta" | "bert" => check_roberta(dir, &settings, dev),
+        "t5" => check_t5(dir, &settings, dev),
         other => {
             bail!("model_type `{other}` is not supported by the parity check (roberta, bert, t5)")
         }
@@ -360,8 +361,8 @@ fn atol(settings: &serde_json::Value) -> f64 {
     settings["tolerance"]["atol_rel"].as_f64().unwrap_or(1e-5)
 }
 
-fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
-    let dev = Device::Cpu;
+fn check_t5(dir: &Path, settings: &serde_json::Value, dev: &Device) -> Result<ParityReport> {
+    let dev = dev.clone();
     let p = &settings["propetl"];
     if p["variant"].as_str() != Some("adapter") {
         bail!(
@@ -425,6 +426,7 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
         },
         vars,
         checks: vec![],
+        dev: dev.clone(),
     };
     h.load_params()?;
     let rest = h.masks(&model.petl().hard_masks()?, false)?;
@@ -461,8 +463,8 @@ fn check_t5(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
     })
 }
 
-fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityReport> {
-    let dev = Device::Cpu;
+fn check_roberta(dir: &Path, settings: &serde_json::Value, dev: &Device) -> Result<ParityReport> {
+    let dev = dev.clone();
     let p = &settings["propetl"];
     let variant = p["variant"]
         .as_str()
@@ -529,6 +531,7 @@ fn check_roberta(dir: &Path, settings: &serde_json::Value) -> Result<ParityRepor
         names,
         vars,
         checks: vec![],
+        dev: dev.clone(),
     };
     h.load_params()?;
     h.masks(&model.petl().hard_masks()?, true)?;

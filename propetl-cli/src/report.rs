@@ -56,7 +56,12 @@ pub fn draw(runs: &[(PathBuf, RunReport)], out: &Path) -> Result<()> {
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(450);
     let (loss_area, metric_area) = top.split_horizontally(600);
-    let max_epochs = runs.iter().map(|(_, r)| r.epochs.len()).max().unwrap_or(1) as f64;
+    let max_epochs = runs
+        .iter()
+        .map(|(_, r)| r.epochs.len())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let losses: Vec<f64> = runs
         .iter()
         .flat_map(|(_, r)| r.epochs.iter().map(|e| e.train_loss))
@@ -77,8 +82,12 @@ pub fn draw(runs: &[(PathBuf, RunReport)], out: &Path) -> Result<()> {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
+    // an axis without finite values (an empty run, all-NaN metrics) or of zero width gets a
+    // unit range: plotters cannot draw an infinite or empty one
     let pad = |a: f64, b: f64| {
-        if (b - a).abs() < 1e-9 {
+        if !a.is_finite() || !b.is_finite() {
+            (0.0, 1.0)
+        } else if (b - a).abs() < 1e-9 {
             (a - 1.0, b + 1.0)
         } else {
             (a - 0.05 * (b - a), b + 0.05 * (b - a))

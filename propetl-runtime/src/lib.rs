@@ -46,7 +46,7 @@ pub use optim::{
 };
 pub use overrides::NumericOverrides;
 pub use plan::{PetlLayout, Plan};
-pub use rng::PetlRng;
+pub use rng::{PetlRng, RngState};
 pub use spec::{Activation, AdapterSize, Combine, LoraTarget, MaskKind, Method, PetlConfig, Share};
 pub use state::{LayerPetl, PetlContext, PetlState};
 pub use storage::StorageReport;

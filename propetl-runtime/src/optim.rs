@@ -4,7 +4,7 @@
 //! The update is PyTorch's `torch.optim.AdamW` exactly: decoupled decay `p ← p·(1 − lr·wd)`,
 //! then the bias-corrected Adam step `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -232,6 +232,50 @@ impl AdamW {
             step: 0,
             moments: HashMap::new(),
         }
+    }
+
+    /// The optimizer's state: the step count and each variable's moments `(m, v, t)` by name
+    /// (detached copies), for resumable training.
+    pub fn state(&self) -> (usize, BTreeMap<String, (Tensor, Tensor, usize)>) {
+        let moments = self
+            .moments
+            .iter()
+            .map(|(k, (m, v, t))| (k.clone(), (m.detach(), v.detach(), *t)))
+            .collect();
+        (self.step, moments)
+    }
+
+    /// Continue from a [`state`](Self::state): every moment must belong to a variable of the
+    /// groups, with its shape.
+    pub fn set_state(
+        &mut self,
+        step: usize,
+        moments: BTreeMap<String, (Tensor, Tensor, usize)>,
+    ) -> Result<()> {
+        let known: HashMap<&str, &Var> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(n, v)| (n.as_str(), v)))
+            .collect();
+        for (name, (m, v, _)) in &moments {
+            let var = known.get(name.as_str()).ok_or_else(|| PetlError::Unknown {
+                kind: "optimizer variable",
+                name: name.clone(),
+                known: known.keys().copied().collect::<Vec<_>>().join(", "),
+            })?;
+            for t in [m, v] {
+                if t.dims() != var.dims() {
+                    return Err(PetlError::Shape {
+                        name: format!("AdamW moment of {name}"),
+                        expected: var.dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+            }
+        }
+        self.step = step;
+        self.moments = moments.into_iter().collect();
+        Ok(())
     }
 
     /// The groups.
