@@ -455,7 +455,7 @@ impl TrainObserver for RunObserver<'_> {
                 metric: metric.is_finite().then_some(metric),
                 eval: log.eval.clone().unwrap_or_default(),
             });
-            self.best_values = trainable_values(model);
+            self.best_values = trainable_values(model)?;
         }
         self.inner.on_epoch(model, log)
     }
@@ -587,15 +587,15 @@ pub fn run_with(
     if out.exists() && !out.is_dir() {
         bail!("{} exists and is not a directory", out.display());
     }
+    if out.join(LOCK_FILE).exists() {
+        // refuse early when another live process writes there (a stale lock is removed)
+        drop(RunLock::acquire(out)?);
+    }
     if is_nonempty_dir(out) && !options.overwrite {
         bail!(
             "run directory {} exists and is not empty: pass --overwrite to replace it or --resume to continue it",
             out.display()
         );
-    }
-    if out.join(LOCK_FILE).exists() {
-        // refuse early when another live process writes there
-        drop(RunLock::acquire(out)?);
     }
     let prepared = prepare(cfg)?;
     // everything is valid: now write, into `out` directly when it is new or empty, otherwise
@@ -722,7 +722,7 @@ fn train_in(
         // the derived files are rebuilt from the checkpoint (a crash may have left them newer)
         write_metrics(dir, &ckpt.progress.logs)?;
         if run_observer.best.is_some() {
-            let current = trainable_values(model.as_ref());
+            let current = trainable_values(model.as_ref())?;
             set_trainable_values(model.as_ref(), &run_observer.best_values)?;
             model.save(&dir.join(BEST_FILE))?;
             set_trainable_values(model.as_ref(), &current)?;

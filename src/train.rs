@@ -302,12 +302,13 @@ pub fn check_finite(model: &dyn TaskModel, step: usize) -> Result<()> {
     Ok(())
 }
 
-/// The trainable tensors of `model` by name (detached copies).
-pub fn trainable_values(model: &dyn TaskModel) -> BTreeMap<String, Tensor> {
+/// The trainable tensors of `model` by name: copies (a variable is updated in place, so a
+/// snapshot must not share its storage).
+pub fn trainable_values(model: &dyn TaskModel) -> Result<BTreeMap<String, Tensor>> {
     model
         .trainables()
         .into_iter()
-        .map(|t| (t.name, t.var.as_tensor().detach()))
+        .map(|t| Ok((t.name, t.var.as_tensor().detach().copy()?)))
         .collect()
 }
 
@@ -420,7 +421,7 @@ pub fn train_from(
                         rng: rng.state(),
                         logs: logs.clone(),
                     };
-                    observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress))?;
+                    observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress)?)?;
                 }
             }
             let train_secs = start.elapsed().as_secs_f64();
@@ -456,7 +457,7 @@ pub fn train_from(
                     rng: rng.state(),
                     logs: logs.clone(),
                 };
-                observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress))?;
+                observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress)?)?;
             }
         }
         Ok(())
@@ -466,14 +467,14 @@ pub fn train_from(
     Ok(logs)
 }
 
-fn snapshot(model: &dyn TaskModel, opt: &AdamW, progress: Progress) -> TrainCheckpoint {
+fn snapshot(model: &dyn TaskModel, opt: &AdamW, progress: Progress) -> Result<TrainCheckpoint> {
     let (optimizer_steps, moments) = opt.state();
-    TrainCheckpoint {
-        params: trainable_values(model),
+    Ok(TrainCheckpoint {
+        params: trainable_values(model)?,
         moments,
         optimizer_steps,
         progress,
         extra_tensors: BTreeMap::new(),
         extra: serde_json::Value::Null,
-    }
+    })
 }
