@@ -277,24 +277,22 @@ fn load_task(cfg: &RunConfig) -> Result<TaskData> {
         n => TaskKind::Classification { num_labels: n },
     };
     let seed = cfg.train.seed;
-    Ok(match cfg.task {
+    let (splits, kind) = match cfg.task {
         Task::RottenTomatoes => {
-            let all =
-                data::load_rotten_tomatoes(&data_dir()?.join("rotten_tomatoes_corpus_full.csv"))?;
-            TaskData {
-                splits: data::hash_split(all, 42),
-                kind: kind_of(2),
-                skipped: 0,
-            }
+            let path = data_dir()?.join("rotten_tomatoes_corpus_full.csv");
+            let ds = data::load_rotten_tomatoes_checked(&path, cfg.skip_bad_rows)?;
+            let mut splits =
+                data::hash_split(ds.examples, 42).with_source(path.display().to_string());
+            splits.skipped = ds.skipped;
+            (splits, kind_of(2))
         }
         Task::VaderMovies => {
-            let all =
-                data::load_vader_movies(&data_dir()?.join("movieReviewSnippets_GroundTruth.txt"))?;
-            TaskData {
-                splits: data::hash_split(all, 42),
-                kind: TaskKind::Regression,
-                skipped: 0,
-            }
+            let path = data_dir()?.join("movieReviewSnippets_GroundTruth.txt");
+            let ds = data::load_vader_movies_checked(&path, cfg.skip_bad_rows)?;
+            let mut splits =
+                data::hash_split(ds.examples, 42).with_source(path.display().to_string());
+            splits.skipped = ds.skipped;
+            (splits, TaskKind::Regression)
         }
         Task::Custom => {
             let c = cfg
@@ -303,27 +301,26 @@ fn load_task(cfg: &RunConfig) -> Result<TaskData> {
                 .context("task = \"custom\" needs a [custom] section")?;
             let splits = c.splits(seed, cfg.skip_bad_rows)?;
             let kind = kind_of(c.num_labels(&splits.train));
-            TaskData {
-                splits,
-                kind,
-                skipped: 0,
-            }
+            (splits, kind)
         }
         Task::Glue(t) => {
             let dir = data_dir()?;
             let plain = cfg.split == Split::Plain;
             let splits = t.splits(&dir, 42, plain, cfg.skip_bad_rows)?;
-            let skipped = if cfg.skip_bad_rows {
-                t.load(&dir, "train.tsv", true)?.skipped
-            } else {
-                0
-            };
-            TaskData {
-                splits,
-                kind: kind_of(t.num_labels()),
-                skipped,
-            }
+            (splits, kind_of(t.num_labels()))
         }
+    };
+    // before any work: every split has examples, every label belongs to the task
+    splits.validate()?;
+    let (classes, regression) = match kind {
+        TaskKind::Classification { num_labels } => (num_labels, false),
+        TaskKind::Regression => (1, true),
+    };
+    data::check_labels(&splits, classes, regression)?;
+    Ok(TaskData {
+        skipped: splits.skipped,
+        splits,
+        kind,
     })
 }
 
