@@ -1,25 +1,175 @@
-//! What every model family needs: `config.json` parsing, memory-mapped frozen weights, a
-//! weight getter whose errors name the tensor, the additive attention mask, and the
-//! vocabulary check of input ids.
+//! What every model family needs: `config.json` parsing, frozen weights (memory-mapped,
+//! in-memory or built in-process) with their shapes read up front, the Hugging Face tensor
+//! list type ([`HfTensor`]) that drives both the up-front validation of a checkpoint and
+//! random checkpoints, a weight getter whose errors name the tensor, a frozen linear layer,
+//! the additive attention mask, the vocabulary check of input ids and the lookup in a
+//! family's variant table.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use propetl_runtime::{ops, PetlConfig, PetlRng, Variant};
 
 use crate::error::{ModelError, Result};
 
-/// Memory-map a `model.safetensors` as frozen f32 tensors, with errors naming the file.
-pub(crate) fn mmap_safetensors(weights: &Path, device: &Device) -> Result<VarBuilder<'static>> {
-    if !weights.exists() {
-        return Err(ModelError::io(
-            weights,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found"),
-        ));
+/// How a tensor of a Hugging Face layout is filled in a random checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// A weight matrix or embedding: N(0, std²).
+    Weight,
+    /// A norm weight: ones.
+    Ones,
+    /// A bias: zeros.
+    Zeros,
+}
+
+/// One tensor of a family's Hugging Face layout: its name (relative to the family's weight
+/// prefix), shape, and how a random checkpoint fills it. Each family writes its layout once
+/// (`roberta::checkpoint::hf_tensors`, `t5::checkpoint::hf_tensors`); it drives the up-front
+/// validation of every checkpoint and random checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HfTensor {
+    /// Name relative to the weight prefix, e.g. `encoder.layer.0.attention.self.query.weight`.
+    pub name: String,
+    /// Shape (PyTorch layout).
+    pub shape: Vec<usize>,
+    /// How a random checkpoint fills it.
+    pub kind: TensorKind,
+}
+
+impl HfTensor {
+    pub(crate) fn new(name: impl Into<String>, shape: &[usize], kind: TensorKind) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind,
+        }
     }
-    // SAFETY: the file is memory-mapped read-only; it must not be modified while in use.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
-        .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))
+}
+
+/// Frozen weights and the shapes of every tensor they hold (read from the safetensors header
+/// or the in-memory tensors: no data is loaded to know them).
+pub(crate) struct Weights {
+    /// The frozen tensors (f32).
+    pub vb: VarBuilder<'static>,
+    /// Shape of every tensor, by full name.
+    pub shapes: HashMap<String, Vec<usize>>,
+    /// Where they come from (a file path, "in-memory checkpoint", …), for error messages.
+    pub source: String,
+}
+
+impl Weights {
+    /// Memory-map a `model.safetensors` as frozen f32 tensors, with errors naming the file.
+    pub fn mmap(weights: &Path, device: &Device) -> Result<Self> {
+        let source = weights.display().to_string();
+        if !weights.exists() {
+            return Err(ModelError::io(
+                weights,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model.safetensors not found"),
+            ));
+        }
+        // SAFETY: the file is memory-mapped read-only; it must not be modified while in use.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&[weights]) }
+            .map_err(|e| ModelError::Weights(format!("{source}: {e}")))?;
+        let shapes = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        let vb = VarBuilder::from_backend(Box::new(st), DType::F32, device.clone());
+        Ok(Self { vb, shapes, source })
+    }
+
+    /// The bytes of a `model.safetensors` as frozen f32 tensors.
+    pub fn buffered(safetensors: Vec<u8>, device: &Device) -> Result<Self> {
+        let st = candle_core::safetensors::BufferedSafetensors::new(safetensors)
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
+        let shapes = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        let vb = VarBuilder::from_backend(Box::new(st), DType::F32, device.clone());
+        Ok(Self {
+            vb,
+            shapes,
+            source: "in-memory checkpoint".into(),
+        })
+    }
+
+    /// In-memory tensors named like a Hugging Face file.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
+        let shapes = tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.dims().to_vec()))
+            .collect();
+        Self {
+            vb: VarBuilder::from_tensors(tensors, DType::F32, device),
+            shapes,
+            source: "in-memory tensors".into(),
+        }
+    }
+
+    /// Whether a tensor of this full name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+
+    /// Check that every tensor of `layout` exists under `prefix` with its shape, before
+    /// anything is built: the first problem is named with its expected shape (and how many
+    /// more there are).
+    pub fn validate(&self, prefix: &str, layout: &[HfTensor]) -> Result<()> {
+        let problems: Vec<String> = layout
+            .iter()
+            .filter_map(|t| {
+                let full = format!("{prefix}{}", t.name);
+                match self.shapes.get(&full) {
+                    None => Some(format!(
+                        "missing tensor `{full}` (expected shape {:?})",
+                        t.shape
+                    )),
+                    Some(s) if *s != t.shape => Some(format!(
+                        "tensor `{full}` has shape {s:?}, expected shape {:?}",
+                        t.shape
+                    )),
+                    Some(_) => None,
+                }
+            })
+            .collect();
+        match problems.as_slice() {
+            [] => Ok(()),
+            [one] => Err(ModelError::Weights(format!("{}: {one}", self.source))),
+            [first, rest @ ..] => Err(ModelError::Weights(format!(
+                "{}: {first} (and {} more tensors missing or of the wrong shape: does config.json belong to these weights?)",
+                self.source,
+                rest.len()
+            ))),
+        }
+    }
+}
+
+/// Random tensors of `layout` under `prefix` (weights N(0, std²) drawn in `layout` order,
+/// norm weights 1, biases 0).
+pub(crate) fn random_tensors(
+    layout: &[HfTensor],
+    prefix: &str,
+    std: f64,
+    rng: &mut PetlRng,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    layout
+        .iter()
+        .map(|t| {
+            let v = match t.kind {
+                TensorKind::Weight => rng.normal(t.shape.as_slice(), std, device)?,
+                TensorKind::Ones => Tensor::ones(t.shape.as_slice(), DType::F32, device)?,
+                TensorKind::Zeros => Tensor::zeros(t.shape.as_slice(), DType::F32, device)?,
+            };
+            Ok((format!("{prefix}{}", t.name), v))
+        })
+        .collect()
 }
 
 /// Parse a Hugging Face `config.json`: malformed JSON, a `model_type` outside `accepted`
@@ -56,6 +206,36 @@ pub(crate) fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor
     })
 }
 
+/// A frozen linear layer (PyTorch layout `weight [out, in]`, optional `bias [out]`), applied
+/// with `ops::frozen_linear` (no weight gradients).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `weight` and `bias` under `vb`.
+    pub fn load(vb: VarBuilder, out: usize, inp: usize) -> Result<Self> {
+        Ok(Self {
+            weight: get(&vb, &[out, inp], "weight")?,
+            bias: Some(get(&vb, &[out], "bias")?),
+        })
+    }
+
+    /// `weight` only under `vb`.
+    pub fn load_no_bias(vb: VarBuilder, out: usize, inp: usize) -> Result<Self> {
+        Ok(Self {
+            weight: get(&vb, &[out, inp], "weight")?,
+            bias: None,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::frozen_linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
 /// The additive form of an attention mask `[B, S]` (1 attend, 0 padding): 0 where attended,
 /// −1e9 where padded, as f32 `[B, S]`.
 pub fn additive_attention_mask(attention_mask: &Tensor) -> Result<Tensor> {
@@ -70,5 +250,172 @@ pub(crate) fn check_vocab(ids: &Tensor, vocab: usize) -> Result<()> {
             "token id {bad} outside the vocabulary of {vocab}"
         ))),
         None => Ok(()),
+    }
+}
+
+/// The entry of `variant` in a family's variant table (variant, compile-time spec,
+/// constructor), or a config error listing what `family` supports (`hint` is appended to the
+/// list, e.g. why some variants are missing).
+pub(crate) fn find_variant<B>(
+    table: &'static [(Variant, PetlConfig, B)],
+    variant: Variant,
+    family: &str,
+    hint: &str,
+) -> Result<&'static (Variant, PetlConfig, B)> {
+    table.iter().find(|(v, _, _)| *v == variant).ok_or_else(|| {
+        let names: Vec<&str> = table.iter().map(|(v, _, _)| v.name()).collect();
+        ModelError::Config(format!(
+            "{family} has no variant `{variant}` (supported: {}{hint})",
+            names.join(", ")
+        ))
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::Shape;
+    use candle_nn::var_builder::SimpleBackend;
+
+    /// `model.safetensors` bytes of f32 tensors.
+    pub(crate) fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Vec<u8> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(name, t)| {
+                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (name.clone(), t.dims().to_vec(), bytes)
+            })
+            .collect();
+        let views = data.iter().map(|(name, shape, bytes)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap();
+            (name.as_str(), view)
+        });
+        safetensors::tensor::serialize(views, None).unwrap()
+    }
+
+    /// A requested tensor: name and shape.
+    pub(crate) type Request = (String, Vec<usize>);
+
+    /// Tensors that record which names and shapes a loader requests.
+    #[derive(Clone)]
+    pub(crate) struct RecordingBackend {
+        tensors: Arc<HashMap<String, Tensor>>,
+        requested: Arc<Mutex<Vec<Request>>>,
+    }
+
+    impl RecordingBackend {
+        pub fn new(tensors: HashMap<String, Tensor>) -> Self {
+            Self {
+                tensors: Arc::new(tensors),
+                requested: Arc::default(),
+            }
+        }
+
+        /// The requested (name, shape) pairs, sorted.
+        pub fn requested(&self) -> Vec<Request> {
+            let mut r = self.requested.lock().unwrap().clone();
+            r.sort();
+            r
+        }
+    }
+
+    impl SimpleBackend for RecordingBackend {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            h: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            let dims = s.dims().to_vec();
+            self.requested
+                .lock()
+                .unwrap()
+                .push((name.to_string(), dims));
+            SimpleBackend::get(self.tensors.as_ref(), s, name, h, dtype, dev)
+        }
+
+        fn get_unchecked(
+            &self,
+            name: &str,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.tensors.as_ref().get_unchecked(name, dtype, dev)
+        }
+
+        fn contains_tensor(&self, name: &str) -> bool {
+            self.tensors.contains_key(name)
+        }
+    }
+
+    fn layout() -> Vec<HfTensor> {
+        vec![
+            HfTensor::new("a.weight", &[3, 2], TensorKind::Weight),
+            HfTensor::new("a.bias", &[3], TensorKind::Zeros),
+            HfTensor::new("norm.weight", &[2], TensorKind::Ones),
+        ]
+    }
+
+    #[test]
+    fn random_tensors_follow_the_layout() {
+        let dev = Device::Cpu;
+        let t = random_tensors(&layout(), "p.", 0.5, &mut PetlRng::seed(0), &dev).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t["p.a.weight"].dims(), [3, 2]);
+        let ones = t["p.norm.weight"].to_vec1::<f32>().unwrap();
+        let zeros = t["p.a.bias"].to_vec1::<f32>().unwrap();
+        assert_eq!((ones, zeros), (vec![1.0; 2], vec![0.0; 3]));
+        let w = Weights::from_tensors(t, &dev);
+        w.validate("p.", &layout()).unwrap();
+        // the same tensors under another prefix are all missing
+        let e = w.validate("q.", &layout()).unwrap_err().to_string();
+        assert!(
+            e.contains("missing tensor `q.a.weight` (expected shape [3, 2])")
+                && e.contains("and 2 more"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_tensor_and_its_expected_shape() {
+        let dev = Device::Cpu;
+        let mut t = random_tensors(&layout(), "", 0.5, &mut PetlRng::seed(0), &dev).unwrap();
+        t.remove("a.bias");
+        let e = Weights::from_tensors(t.clone(), &dev)
+            .validate("", &layout())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing tensor `a.bias` (expected shape [3])") && !e.contains("more"),
+            "{e}"
+        );
+        t.insert("a.bias".into(), Tensor::zeros(4, DType::F32, &dev).unwrap());
+        let e = Weights::from_tensors(t, &dev)
+            .validate("", &layout())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor `a.bias` has shape [4], expected shape [3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_variants_list_the_supported_ones() {
+        type Table = [(Variant, PetlConfig, ()); 0];
+        static EMPTY: Table = [];
+        let e = find_variant(&EMPTY, Variant::Lora, "Toy", "; none at all")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Toy has no variant `lora` (supported: ; none at all)"),
+            "{e}"
+        );
     }
 }

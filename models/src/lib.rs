@@ -8,4 +8,5 @@ pub mod roberta;
 pub mod t5;
 pub mod tokenizer;
 
+pub use common::{HfTensor, TensorKind};
 pub use error::{ModelError, Result};

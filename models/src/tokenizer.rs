@@ -73,7 +73,8 @@ impl EncoderTokenizer {
         Ok(pad_batch(&refs, max_len, self.pad_id, &self.device)?)
     }
 
-    /// Encode and batch texts.
+    /// Encode and batch texts into `(input_ids [B,S] u32, attention_mask [B,S] u32)` (see
+    /// [`batch`](Self::batch)).
     pub fn encode_batch(&self, texts: &[&str], max_len: usize) -> Result<(Tensor, Tensor)> {
         let seqs = texts
             .iter()

@@ -1,0 +1,312 @@
+//! The frozen encoder: embeddings (RoBERTa or BERT positions), encoder layers with their
+//! injection sites (Pfeiffer adapter after the FFN, LoRA on q/k/v/o, prefix keys/values), the
+//! forward pass shared by every variant, and [`FrozenEncoder`] without any PETL module.
+//! Weight paths mirror Hugging Face (`encoder.layer.{l}.attention.self.query.weight`, …; the
+//! list is `checkpoint::hf_tensors`).
+
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
+use propetl_runtime::{ops, ForwardMode, LayerPetl, LoraTarget, PetlContext, PetlSites, Sites};
+
+use super::checkpoint::Checkpoint;
+use super::config::RobertaConfig;
+use crate::common::{get, Linear};
+use crate::error::{ModelError, Result};
+
+/// A frozen LayerNorm, applied with the differentiable formulation.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, h: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: get(&vb, &[h], "weight")?,
+            bias: get(&vb, &[h], "bias")?,
+            eps,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::frozen_layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Word, position and token-type embeddings.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+    roberta_positions: bool,
+    pad: u32,
+    dropout: f64,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            word: get(&vb, &[c.vocab_size, h], "word_embeddings.weight")?,
+            position: get(
+                &vb,
+                &[c.max_position_embeddings, h],
+                "position_embeddings.weight",
+            )?,
+            token_type: get(&vb, &[c.type_vocab_size, h], "token_type_embeddings.weight")?,
+            norm: LayerNorm::load(vb.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            roberta_positions: c.roberta_positions(),
+            pad: c.pad_token_id as u32,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, mode: &mut ForwardMode) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let ids_host = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let max_pos = self.position.dim(0)?;
+        let mut pos = Vec::with_capacity(b * s);
+        for row in &ids_host {
+            let mut count = 0u32;
+            for &t in row {
+                let p = if self.roberta_positions {
+                    // cumsum(ids != pad) * (ids != pad) + pad
+                    if t != self.pad {
+                        count += 1;
+                        count + self.pad
+                    } else {
+                        self.pad
+                    }
+                } else {
+                    let p = count;
+                    count += 1;
+                    p
+                };
+                if p as usize >= max_pos {
+                    return Err(ModelError::Input(format!(
+                        "sequence too long: position {p} >= max_position_embeddings {max_pos}"
+                    )));
+                }
+                pos.push(p);
+            }
+        }
+        crate::common::check_vocab(ids, self.word.dim(0)?)?;
+        let pos = Tensor::from_vec(pos, (b * s,), ids.device())?;
+        let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let h = self.word.dim(1)?;
+        let e = self
+            .word
+            .index_select(&flat, 0)?
+            .add(&self.position.index_select(&pos, 0)?)?
+            .broadcast_add(&self.token_type.get(0)?)?
+            .reshape((b, s, h))?;
+        let e = self.norm.forward(&e)?;
+        Ok(mode.dropout(&e, self.dropout)?)
+    }
+}
+
+/// One encoder layer (frozen).
+#[derive(Debug, Clone)]
+pub struct RobertaLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    act: propetl_runtime::Activation,
+    dropout: f64,
+    attn_dropout: f64,
+}
+
+impl RobertaLayer {
+    fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let att = vb.pp("attention");
+        Ok(Self {
+            query: Linear::load(att.pp("self").pp("query"), h, h)?,
+            key: Linear::load(att.pp("self").pp("key"), h, h)?,
+            value: Linear::load(att.pp("self").pp("value"), h, h)?,
+            attn_out: Linear::load(att.pp("output").pp("dense"), h, h)?,
+            attn_norm: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
+            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), f, h)?,
+            output: Linear::load(vb.pp("output").pp("dense"), h, f)?,
+            out_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
+            heads: c.num_attention_heads,
+            act: c.activation()?,
+            dropout: c.hidden_dropout_prob,
+            attn_dropout: c.attention_probs_dropout_prob,
+        })
+    }
+
+    fn proj(
+        &self,
+        lin: &Linear,
+        x: &Tensor,
+        petl: &LayerPetl,
+        target: LoraTarget,
+    ) -> candle_core::Result<Tensor> {
+        let y = lin.forward(x)?;
+        match petl
+            .lora_delta(target, x)
+            .map_err(candle_core::Error::wrap)?
+        {
+            Some(d) => y.add(&d),
+            None => Ok(y),
+        }
+    }
+
+    /// `x [B,S,H]`, `attention_bias [B,1,1,S(+P)]` (0 attend, large negative for padding).
+    fn forward(
+        &self,
+        x: &Tensor,
+        attention_bias: &Tensor,
+        petl: &LayerPetl,
+        mode: &mut ForwardMode,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let nh = self.heads;
+        let hd = h / nh;
+        let split = |t: Tensor| t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous();
+        let q = split(self.proj(&self.query, x, petl, LoraTarget::Q)?)?;
+        let mut k = split(self.proj(&self.key, x, petl, LoraTarget::K)?)?;
+        let mut v = split(self.proj(&self.value, x, petl, LoraTarget::V)?)?;
+        if let Some((pk, pv)) = petl.prefix_kv() {
+            let p = pk.dim(0)?;
+            let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.reshape((1, p, nh, hd))?
+                    .transpose(1, 2)?
+                    .broadcast_as((b, nh, p, hd))?
+                    .contiguous()
+            };
+            k = Tensor::cat(&[heads(pk)?, k], 2)?;
+            v = Tensor::cat(&[heads(pv)?, v], 2)?;
+        }
+        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
+        let scores = scores.broadcast_add(attention_bias)?;
+        let probs = mode.dropout(&ops::softmax_last_dim(&scores)?, self.attn_dropout)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let att = mode.dropout(
+            &self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?,
+            self.dropout,
+        )?;
+        let x1 = self.attn_norm.forward(&att.add(x)?)?;
+        let inter = ops::activate(&self.intermediate.forward(&x1)?, self.act)?;
+        let hid = mode.dropout(&self.output.forward(&inter)?, self.dropout)?;
+        let res = hid.add(&x1)?;
+        // Pfeiffer placement (method page §3): u = LN(h + x); y = LN(A(u) + h + x)
+        match petl
+            .adapter(&self.out_norm.forward(&res)?)
+            .map_err(candle_core::Error::wrap)?
+        {
+            Some(a) => self.out_norm.forward(&a.add(&res)?),
+            None => self.out_norm.forward(&res),
+        }
+    }
+}
+
+impl PetlSites for RobertaLayer {
+    /// The Pfeiffer adapter after the FFN, LoRA on q/k/v/o, prefix keys/values.
+    const SITES: Sites = Sites::ALL;
+}
+
+/// The frozen embeddings and config every RoBERTa variant shares.
+#[derive(Debug, Clone)]
+pub struct Backbone {
+    /// Config.
+    pub config: RobertaConfig,
+    embeddings: Embeddings,
+}
+
+pub(crate) fn load_layers(ckpt: &Checkpoint) -> Result<(Backbone, Vec<RobertaLayer>)> {
+    let vb = ckpt.backbone();
+    let c = &ckpt.config;
+    let embeddings = Embeddings::load(vb.pp("embeddings"), c)?;
+    let layers = (0..c.num_hidden_layers)
+        .map(|l| RobertaLayer::load(vb.pp("encoder").pp("layer").pp(l), c))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((
+        Backbone {
+            config: c.clone(),
+            embeddings,
+        },
+        layers,
+    ))
+}
+
+pub(crate) fn encode(
+    bb: &Backbone,
+    layers: &[RobertaLayer],
+    ctx: &PetlContext,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    mode: &mut ForwardMode,
+) -> Result<Tensor> {
+    if ids.dims() != attention_mask.dims() {
+        return Err(ModelError::Input(format!(
+            "input_ids {:?} and attention_mask {:?} differ in shape",
+            ids.dims(),
+            attention_mask.dims()
+        )));
+    }
+    let mut x = bb.embeddings.forward(ids, mode)?;
+    let b = ids.dim(0)?;
+    let mut bias = crate::common::additive_attention_mask(attention_mask)?;
+    if let Some((pk, _)) = ctx.layer(0).prefix_kv() {
+        let p = pk.dim(0)?;
+        bias = Tensor::cat(&[Tensor::zeros((b, p), DType::F32, ids.device())?, bias], 1)?;
+    }
+    let bias = bias.unsqueeze(1)?.unsqueeze(1)?;
+    for (l, layer) in layers.iter().enumerate() {
+        x = layer.forward(&x, &bias, ctx.layer(l), mode)?;
+    }
+    Ok(x)
+}
+
+/// The frozen encoder without any PETL module: sentence embeddings, feature extraction, and
+/// the reference against which PETL variants are compared.
+#[derive(Debug, Clone)]
+pub struct FrozenEncoder {
+    backbone: Backbone,
+    layers: Vec<RobertaLayer>,
+}
+
+impl FrozenEncoder {
+    /// Load from a checkpoint.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let (backbone, layers) = load_layers(ckpt)?;
+        Ok(Self { backbone, layers })
+    }
+
+    /// Last hidden state `[B, S, H]` (eval mode).
+    pub fn hidden(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        encode(
+            &self.backbone,
+            &self.layers,
+            &PetlContext::identity(self.layers.len()),
+            ids,
+            attention_mask,
+            &mut ForwardMode::Eval,
+        )
+    }
+}
+
+/// Mean-pool `hidden [B,S,H]` over attended positions and L2-normalize (sentence embeddings).
+pub fn mean_pool_normalized(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+    let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    let mean = summed.broadcast_div(&counts)?;
+    let norm = mean
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    Ok(mean.broadcast_div(&norm)?)
+}

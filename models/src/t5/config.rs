@@ -1,0 +1,117 @@
+//! T5's `config.json`: Hugging Face keys and defaults, validation, PETL layout (`enc.{l}`,
+//! `dec.{l}`) and parameter count.
+
+use propetl_runtime::PetlLayout;
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+fn d_buckets() -> usize {
+    32
+}
+fn d_max_distance() -> usize {
+    128
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_ff_proj() -> String {
+    "relu".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+/// The subset of a T5 `config.json` the model needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct T5Config {
+    /// Must be `t5`.
+    pub model_type: String,
+    /// Vocabulary.
+    pub vocab_size: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Per-head width.
+    pub d_kv: usize,
+    /// FFN width.
+    pub d_ff: usize,
+    /// Encoder blocks.
+    pub num_layers: usize,
+    /// Decoder blocks (default: `num_layers`).
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    /// Heads.
+    pub num_heads: usize,
+    /// Relative-position buckets.
+    #[serde(default = "d_buckets")]
+    pub relative_attention_num_buckets: usize,
+    /// Relative-position maximum distance.
+    #[serde(default = "d_max_distance")]
+    pub relative_attention_max_distance: usize,
+    /// RMS-norm epsilon.
+    #[serde(default = "d_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `relu` or `gelu` (gated variants are not supported).
+    #[serde(default = "d_ff_proj")]
+    pub feed_forward_proj: String,
+    /// Tied input/output embeddings (scales decoder outputs by d_model^-0.5).
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+    /// Padding id (also the decoder start token).
+    #[serde(default)]
+    pub pad_token_id: u32,
+}
+
+impl T5Config {
+    /// Parse and check config JSON text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let c: Self =
+            crate::common::parse_hf_config(text, &["t5"], "this model loads T5 checkpoints")?;
+        if !matches!(c.feed_forward_proj.as_str(), "relu" | "gelu") {
+            return Err(ModelError::Config(format!("unsupported feed_forward_proj `{}` (relu or gelu; gated T5 v1.1 FFNs are not supported)", c.feed_forward_proj)));
+        }
+        if !c.tie_word_embeddings {
+            return Err(ModelError::Config(
+                "untied T5 output embeddings are not supported".into(),
+            ));
+        }
+        if c.num_heads == 0 || c.d_kv == 0 || c.num_layers == 0 {
+            return Err(ModelError::Config(
+                "num_heads, d_kv and num_layers must be > 0".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Decoder blocks.
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// The PETL layout: layers `enc.0…`, `dec.0…`, the given tasks.
+    pub fn layout(&self, tasks: &[&str]) -> PetlLayout {
+        let layers = (0..self.num_layers)
+            .map(|l| format!("enc.{l}"))
+            .chain((0..self.decoder_layers()).map(|l| format!("dec.{l}")))
+            .collect();
+        PetlLayout {
+            hidden: self.d_model,
+            num_heads: self.num_heads,
+            layers,
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    /// Backbone parameters (shared embedding counted once; encoder and decoder stacks).
+    pub fn backbone_params(&self) -> usize {
+        let (d, inner, f) = (self.d_model, self.num_heads * self.d_kv, self.d_ff);
+        let attn = 4 * d * inner;
+        let enc = self.num_layers * (attn + d + 2 * d * f + d);
+        let dec = self.decoder_layers() * (2 * attn + 2 * d + 2 * d * f + d);
+        self.vocab_size * d
+            + enc
+            + dec
+            + 2 * d
+            + 2 * self.relative_attention_num_buckets * self.num_heads
+    }
+}

@@ -1,0 +1,339 @@
+//! The frozen T5 stacks: attention (no score scaling, relative-position bias), blocks with
+//! their injection site (one adapter after the FFN: `h + y + A(h + y)`), the relative-position
+//! buckets, and the encoder–decoder forward pass. Weight paths mirror Hugging Face
+//! (`encoder.block.{l}.layer.0.SelfAttention.q.weight`, …; the list is
+//! `checkpoint::hf_tensors`).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use propetl_runtime::{ops, LayerPetl, PetlContext, PetlSites, Sites};
+
+use super::checkpoint::T5Checkpoint;
+use super::config::T5Config;
+use crate::common::{get, Linear};
+use crate::error::{ModelError, Result};
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    d_kv: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, c: &T5Config) -> Result<Self> {
+        let inner = c.num_heads * c.d_kv;
+        Ok(Self {
+            q: Linear::load_no_bias(vb.pp("q"), inner, c.d_model)?,
+            k: Linear::load_no_bias(vb.pp("k"), inner, c.d_model)?,
+            v: Linear::load_no_bias(vb.pp("v"), inner, c.d_model)?,
+            o: Linear::load_no_bias(vb.pp("o"), c.d_model, inner)?,
+            heads: c.num_heads,
+            d_kv: c.d_kv,
+        })
+    }
+
+    /// `x [B,Sq,D]` attends to `kv [B,Sk,D]`; `bias [B|1, H, Sq, Sk]` (positions + attention mask).
+    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, sq, _) = x.dims3()?;
+        let sk = kv.dim(1)?;
+        let split = |t: Tensor, s: usize| {
+            t.reshape((b, s, self.heads, self.d_kv))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.q.forward(x)?, sq)?;
+        let k = split(self.k.forward(kv)?, sk)?;
+        let v = split(self.v.forward(kv)?, sk)?;
+        // T5 does not scale scores by 1/sqrt(d_kv)
+        let scores = q
+            .matmul(&k.transpose(2, 3)?.contiguous()?)?
+            .broadcast_add(bias)?;
+        let ctx = ops::softmax_last_dim(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, sq, self.heads * self.d_kv))?;
+        self.o.forward(&ctx)
+    }
+}
+
+/// One T5 block (encoder blocks have no cross-attention).
+#[derive(Debug, Clone)]
+pub struct T5Block {
+    self_attn: Attention,
+    self_norm: Tensor,
+    cross: Option<(Attention, Tensor)>,
+    wi: Linear,
+    wo: Linear,
+    ff_norm: Tensor,
+    eps: f64,
+    act: propetl_runtime::Activation,
+}
+
+impl T5Block {
+    fn load(vb: VarBuilder, c: &T5Config, decoder: bool) -> Result<Self> {
+        let d = c.d_model;
+        let l = vb.pp("layer");
+        let ff = if decoder { 2 } else { 1 };
+        let cross = if decoder {
+            let x = l.pp(1);
+            Some((
+                Attention::load(x.pp("EncDecAttention"), c)?,
+                get(&x, &[d], "layer_norm.weight")?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            self_attn: Attention::load(l.pp(0).pp("SelfAttention"), c)?,
+            self_norm: get(&l.pp(0), &[d], "layer_norm.weight")?,
+            cross,
+            wi: Linear::load_no_bias(l.pp(ff).pp("DenseReluDense").pp("wi"), c.d_ff, d)?,
+            wo: Linear::load_no_bias(l.pp(ff).pp("DenseReluDense").pp("wo"), d, c.d_ff)?,
+            ff_norm: get(&l.pp(ff), &[d], "layer_norm.weight")?,
+            eps: c.layer_norm_epsilon,
+            act: if c.feed_forward_proj == "gelu" {
+                propetl_runtime::Activation::Gelu
+            } else {
+                propetl_runtime::Activation::Relu
+            },
+        })
+    }
+
+    fn forward(
+        &self,
+        h: &Tensor,
+        bias: &Tensor,
+        enc: Option<(&Tensor, &Tensor)>,
+        petl: &LayerPetl,
+    ) -> candle_core::Result<Tensor> {
+        let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
+        let mut h = h.add(&self.self_attn.forward(&n, &n, bias)?)?;
+        if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
+            let n = ops::rms_norm(&h, norm, self.eps)?;
+            h = h.add(&attn.forward(&n, enc_out, enc_bias)?)?;
+        }
+        let n = ops::rms_norm(&h, &self.ff_norm, self.eps)?;
+        let y = self
+            .wo
+            .forward(&ops::activate(&self.wi.forward(&n)?, self.act)?)?;
+        let z = h.add(&y)?;
+        // method page §5: block output h + y + A(h + y)
+        match petl.adapter(&z).map_err(candle_core::Error::wrap)? {
+            Some(a) => z.add(&a),
+            None => Ok(z),
+        }
+    }
+}
+
+impl PetlSites for T5Block {
+    /// One adapter after the FFN of every encoder and decoder block (method page §5).
+    const SITES: Sites = Sites::ADAPTER;
+}
+
+/// T5's relative-position bucket (transformers' `_relative_position_bucket`).
+pub fn relative_position_bucket(
+    relative: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut nb = num_buckets as i64;
+    let mut bucket = 0i64;
+    let mut rel = relative;
+    if bidirectional {
+        nb /= 2;
+        if rel > 0 {
+            bucket += nb;
+        }
+        rel = rel.abs();
+    } else {
+        rel = -rel.min(0);
+    }
+    let max_exact = nb / 2;
+    if rel < max_exact {
+        bucket += rel;
+    } else {
+        let large = max_exact
+            + ((rel as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
+                * (nb - max_exact) as f32) as i64;
+        bucket += large.min(nb - 1);
+    }
+    bucket as usize
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Stacks {
+    pub(crate) config: T5Config,
+    shared: Tensor,
+    enc_bias_table: Tensor,
+    dec_bias_table: Tensor,
+    enc_final: Tensor,
+    dec_final: Tensor,
+}
+
+impl Stacks {
+    fn position_bias(
+        &self,
+        table: &Tensor,
+        q: usize,
+        k: usize,
+        bidirectional: bool,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let ids: Vec<u32> = (0..q)
+            .flat_map(|i| {
+                (0..k).map(move |j| {
+                    relative_position_bucket(
+                        j as i64 - i as i64,
+                        bidirectional,
+                        c.relative_attention_num_buckets,
+                        c.relative_attention_max_distance,
+                    ) as u32
+                })
+            })
+            .collect();
+        let ids = Tensor::from_vec(ids, q * k, dev)?;
+        table
+            .index_select(&ids, 0)?
+            .reshape((q, k, c.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
+    }
+}
+
+pub(crate) fn load_stacks(ckpt: &T5Checkpoint) -> Result<(Stacks, Vec<T5Block>)> {
+    let c = &ckpt.config;
+    let vb = &ckpt.vb;
+    let shared = get(vb, &[c.vocab_size, c.d_model], "shared.weight")?;
+    let mut blocks = Vec::new();
+    for l in 0..c.num_layers {
+        blocks.push(T5Block::load(vb.pp("encoder").pp("block").pp(l), c, false)?);
+    }
+    for l in 0..c.decoder_layers() {
+        blocks.push(T5Block::load(vb.pp("decoder").pp("block").pp(l), c, true)?);
+    }
+    let table = |stack: &str| {
+        get(
+            &vb.pp(stack)
+                .pp("block")
+                .pp(0)
+                .pp("layer")
+                .pp(0)
+                .pp("SelfAttention"),
+            &[c.relative_attention_num_buckets, c.num_heads],
+            "relative_attention_bias.weight",
+        )
+    };
+    let stacks = Stacks {
+        config: c.clone(),
+        shared,
+        enc_bias_table: table("encoder")?,
+        dec_bias_table: table("decoder")?,
+        enc_final: get(&vb.pp("encoder"), &[c.d_model], "final_layer_norm.weight")?,
+        dec_final: get(&vb.pp("decoder"), &[c.d_model], "final_layer_norm.weight")?,
+    };
+    Ok((stacks, blocks))
+}
+
+fn embed(shared: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, s) = ids.dims2()?;
+    crate::common::check_vocab(ids, shared.dim(0)?)?;
+    Ok(shared
+        .index_select(&ids.to_dtype(DType::U32)?.flatten_all()?, 0)?
+        .reshape((b, s, shared.dim(1)?))?)
+}
+
+pub(crate) fn forward(
+    st: &Stacks,
+    blocks: &[T5Block],
+    petl: &PetlContext,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    dec_ids: &Tensor,
+) -> Result<Tensor> {
+    let c = &st.config;
+    let dev = ids.device();
+    if ids.dims() != attention_mask.dims() {
+        return Err(ModelError::Input(format!(
+            "input_ids {:?} and attention_mask {:?} differ",
+            ids.dims(),
+            attention_mask.dims()
+        )));
+    }
+    let (b, s) = ids.dims2()?;
+    let t = dec_ids.dim(1)?;
+    // padding of the encoder input: the bias of cross-attention, and with the positions the
+    // bias of encoder self-attention
+    let cross_bias =
+        crate::common::additive_attention_mask(attention_mask)?.reshape((b, 1, 1, s))?;
+    let enc_bias = st
+        .position_bias(&st.enc_bias_table, s, s, true, dev)?
+        .broadcast_add(&cross_bias)?;
+    let mut h = embed(&st.shared, ids)?;
+    for (l, block) in blocks[..c.num_layers].iter().enumerate() {
+        h = block.forward(&h, &enc_bias, None, petl.layer(l))?;
+    }
+    let enc_out = ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?;
+    let causal: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 }))
+        .collect();
+    let causal = Tensor::from_vec(causal, (1, 1, t, t), dev)?;
+    let dec_bias = st
+        .position_bias(&st.dec_bias_table, t, t, false, dev)?
+        .broadcast_add(&causal)?;
+    let mut h = embed(&st.shared, dec_ids)?;
+    for (l, block) in blocks[c.num_layers..].iter().enumerate() {
+        h = block.forward(
+            &h,
+            &dec_bias,
+            Some((&enc_out, &cross_bias)),
+            petl.layer(c.num_layers + l),
+        )?;
+    }
+    let dec_out = ops::rms_norm(&h, &st.dec_final, c.layer_norm_epsilon)?;
+    let scaled = (dec_out * (c.d_model as f64).powf(-0.5))?;
+    Ok(ops::linear(&scaled, &st.shared, None)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_match_transformers() {
+        // hand-computed from the formula (e.g. −100 unidirectional: 16 + ⌊ln(100/16)/ln(8)·16⌋ = 30);
+        // the T5 parity fixtures check the whole bias against transformers
+        let bi = |r| relative_position_bucket(r, true, 32, 128);
+        assert_eq!(
+            [
+                bi(0),
+                bi(1),
+                bi(-1),
+                bi(7),
+                bi(-8),
+                bi(20),
+                bi(-20),
+                bi(200)
+            ],
+            [0, 17, 1, 23, 8, 26, 10, 31]
+        );
+        let uni = |r| relative_position_bucket(r, false, 32, 128);
+        assert_eq!(
+            [
+                uni(0),
+                uni(3),
+                uni(-3),
+                uni(-15),
+                uni(-16),
+                uni(-100),
+                uni(-1000)
+            ],
+            [0, 0, 3, 15, 16, 30, 31]
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! The text-to-text interface ([`Seq2Seq`]), the T5 variant types (one `#[propetl]`
+//! attribute each) and the table where a run-time variant name meets a type ([`spec`],
+//! [`build`]).
+
+use candle_core::Tensor;
+use candle_nn::VarMap;
+use propetl_macros::propetl;
+use propetl_runtime::{
+    NumericOverrides, PetlConfig, PetlRng, PetlSpec, PetlState, ProPetlModel, Variant,
+};
+
+use super::checkpoint::T5Checkpoint;
+use super::config::T5Config;
+use super::layers::{forward, load_stacks, Stacks, T5Block};
+use super::loss::label_smoothed_loss;
+use crate::error::Result;
+
+/// The text-to-text interface of the T5 variants (on top of the PETL instance API).
+pub trait Seq2Seq: ProPetlModel {
+    /// The backbone config.
+    fn config(&self) -> &T5Config;
+    /// LM logits `[B, T, V]` for `task`.
+    fn logits(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+        task: &str,
+    ) -> Result<Tensor>;
+    /// The method page §5 loss (label smoothing 0.1, summed, pad ignored).
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        label_smoothed_loss(logits, labels, 0.1, self.config().pad_token_id)
+    }
+}
+
+macro_rules! t5_variant {
+    ($(#[$doc:meta])* $name:ident, $($attr:tt)*) => {
+        $(#[$doc])*
+        #[propetl($($attr)*, crate = "propetl_runtime")]
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            stacks: Stacks,
+            #[propetl(layers)]
+            blocks: Vec<T5Block>,
+            #[propetl(state)]
+            petl: PetlState,
+        }
+
+        impl $name {
+            /// Load the frozen backbone and create the PETL state for `tasks`.
+            pub fn from_checkpoint(ckpt: &T5Checkpoint, tasks: &[&str], overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
+                let (stacks, blocks) = load_stacks(ckpt)?;
+                let petl = <Self as PetlSpec>::init_petl(&ckpt.config.layout(tasks), overrides, varmap, rng, ckpt.device())?;
+                Ok(Self { stacks, blocks, petl })
+            }
+        }
+
+        impl Seq2Seq for $name {
+            fn config(&self) -> &T5Config { &self.stacks.config }
+            fn logits(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str) -> Result<Tensor> {
+                let ctx = self.petl_context(task)?;
+                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids)
+            }
+        }
+    };
+}
+
+t5_variant!(
+    /// Multi-task ProPETL-T5: one adapter (rf 12, gelu_new, N(0, 0.01)) for all blocks and tasks; task masks `or` block masks, keep 0.3.
+    T5ProAdapter, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "layers+tasks", combine = "or", keep = 0.3
+);
+t5_variant!(
+    /// Baseline: one adapter per block (24 for t5-base), shared by the tasks, no masks.
+    T5Adapter, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "none"
+);
+
+type Builder = fn(
+    &T5Checkpoint,
+    &[&str],
+    &NumericOverrides,
+    &VarMap,
+    &mut PetlRng,
+) -> Result<Box<dyn Seq2Seq>>;
+
+/// The variants T5 supports (its blocks have only the adapter site): (variant, spec,
+/// constructor).
+const VARIANTS: [(Variant, PetlConfig, Builder); 2] = [
+    (
+        Variant::ProAdapter,
+        T5ProAdapter::PROPETL,
+        |c, t, o, v, r| Ok(Box::new(T5ProAdapter::from_checkpoint(c, t, o, v, r)?)),
+    ),
+    (Variant::Adapter, T5Adapter::PROPETL, |c, t, o, v, r| {
+        Ok(Box::new(T5Adapter::from_checkpoint(c, t, o, v, r)?))
+    }),
+];
+
+fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
+    crate::common::find_variant(
+        &VARIANTS,
+        variant,
+        "T5",
+        "; its blocks declare only the adapter site",
+    )
+}
+
+/// The PETL spec of a T5 variant.
+pub fn spec(variant: Variant) -> Result<PetlConfig> {
+    Ok(entry(variant)?.1.clone())
+}
+
+/// Build a T5 variant.
+pub fn build(
+    variant: Variant,
+    ckpt: &T5Checkpoint,
+    tasks: &[&str],
+    overrides: &NumericOverrides,
+    varmap: &VarMap,
+    rng: &mut PetlRng,
+) -> Result<Box<dyn Seq2Seq>> {
+    (entry(variant)?.2)(ckpt, tasks, overrides, varmap, rng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::t5::T5Config;
+
+    #[test]
+    fn t5_base_storage_matches_method_page() {
+        let c = T5Config {
+            model_type: "t5".into(),
+            vocab_size: 32128,
+            d_model: 768,
+            d_kv: 64,
+            d_ff: 3072,
+            num_layers: 12,
+            num_decoder_layers: None,
+            num_heads: 12,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+            tie_word_embeddings: true,
+            pad_token_id: 0,
+        };
+        let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
+        let plan = propetl_runtime::Plan::new(&T5ProAdapter::PROPETL, &c.layout(&tasks)).unwrap();
+        let r = propetl_runtime::StorageReport::from_plan(&plan, c.backbone_params(), 0).unwrap();
+        assert_eq!(r.prototype_floats, 99_136);
+        assert_eq!(r.mask_entries, (8 + 24) * 98_304);
+        assert_eq!(r.float32_equivalents, 99_136.0 + 32.0 * 98_304.0 / 32.0); // ≈ 197k for all 8 tasks
+        assert_eq!(r.baseline_floats, 24 * 99_136); // 2.38M for 24 unshared adapters
+    }
+}
