@@ -80,18 +80,41 @@ impl RobertaConfig {
             "this encoder loads BERT-family checkpoints",
         )?;
         cfg.activation()?;
-        if cfg.hidden_size == 0
-            || cfg.num_attention_heads == 0
-            || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
-        {
-            return Err(ModelError::Config(format!(
-                "hidden_size {} is not a positive multiple of num_attention_heads {}",
-                cfg.hidden_size, cfg.num_attention_heads
-            )));
-        }
-        if cfg.num_hidden_layers == 0 {
-            return Err(ModelError::Config("num_hidden_layers must be > 0".into()));
-        }
+        use crate::common::{ConfigCheck, MAX_DIMENSION, MAX_LAYERS};
+        ConfigCheck::new()
+            .count("vocab_size", cfg.vocab_size, MAX_DIMENSION)
+            .count("hidden_size", cfg.hidden_size, MAX_DIMENSION)
+            .count("intermediate_size", cfg.intermediate_size, MAX_DIMENSION)
+            .count(
+                "num_attention_heads",
+                cfg.num_attention_heads,
+                MAX_DIMENSION,
+            )
+            .count("num_hidden_layers", cfg.num_hidden_layers, MAX_LAYERS)
+            .count(
+                "max_position_embeddings",
+                cfg.max_position_embeddings,
+                MAX_DIMENSION,
+            )
+            .count("type_vocab_size", cfg.type_vocab_size, MAX_DIMENSION)
+            .require(
+                cfg.num_attention_heads == 0
+                    || cfg.hidden_size.is_multiple_of(cfg.num_attention_heads),
+                || {
+                    format!(
+                        "hidden_size {} is not a multiple of num_attention_heads {}",
+                        cfg.hidden_size, cfg.num_attention_heads
+                    )
+                },
+            )
+            .dropout("hidden_dropout_prob", cfg.hidden_dropout_prob)
+            .dropout(
+                "attention_probs_dropout_prob",
+                cfg.attention_probs_dropout_prob,
+            )
+            .positive("layer_norm_eps", cfg.layer_norm_eps)
+            .token("pad_token_id", cfg.pad_token_id, cfg.vocab_size)
+            .finish()?;
         Ok(cfg)
     }
 

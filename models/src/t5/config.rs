@@ -75,11 +75,28 @@ impl T5Config {
                 "untied T5 output embeddings are not supported".into(),
             ));
         }
-        if c.num_heads == 0 || c.d_kv == 0 || c.num_layers == 0 {
-            return Err(ModelError::Config(
-                "num_heads, d_kv and num_layers must be > 0".into(),
-            ));
-        }
+        use crate::common::{ConfigCheck, MAX_DIMENSION, MAX_LAYERS};
+        ConfigCheck::new()
+            .count("vocab_size", c.vocab_size, MAX_DIMENSION)
+            .count("d_model", c.d_model, MAX_DIMENSION)
+            .count("d_kv", c.d_kv, MAX_DIMENSION)
+            .count("d_ff", c.d_ff, MAX_DIMENSION)
+            .count("num_heads", c.num_heads, MAX_DIMENSION)
+            .count("num_layers", c.num_layers, MAX_LAYERS)
+            .count("num_decoder_layers", c.decoder_layers(), MAX_LAYERS)
+            .count(
+                "relative_attention_num_buckets",
+                c.relative_attention_num_buckets,
+                MAX_DIMENSION,
+            )
+            .count(
+                "relative_attention_max_distance",
+                c.relative_attention_max_distance,
+                MAX_DIMENSION,
+            )
+            .positive("layer_norm_epsilon", c.layer_norm_epsilon)
+            .token("pad_token_id", c.pad_token_id as usize, c.vocab_size)
+            .finish()?;
         Ok(c)
     }
 
