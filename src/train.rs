@@ -410,7 +410,7 @@ pub fn train_from(
                     && done < batches.len()
                     && cfg
                         .checkpoint_every_steps
-                        .is_some_and(|n| opt.steps_taken() % n == 0)
+                        .is_some_and(|n| opt.steps_taken().is_multiple_of(n))
                 {
                     let progress = Progress {
                         epochs_done: epoch - 1,

@@ -271,6 +271,73 @@ pub(crate) fn find_variant<B>(
     })
 }
 
+/// The largest dimension (width, vocabulary, positions) a `config.json` may give: far above
+/// every real model, low enough that parameter counts cannot overflow.
+pub const MAX_DIMENSION: usize = 1 << 24;
+/// The largest number of layers a `config.json` may give.
+pub const MAX_LAYERS: usize = 4096;
+
+/// Range checks of `config.json` values; each error names the key, the value and the range.
+pub(crate) struct ConfigCheck(Vec<String>);
+
+impl ConfigCheck {
+    pub(crate) fn new() -> Self {
+        Self(Vec::new())
+    }
+    /// `1 ≤ value ≤ max`.
+    pub(crate) fn count(&mut self, key: &str, value: usize, max: usize) -> &mut Self {
+        if value == 0 || value > max {
+            self.0
+                .push(format!("{key} must lie in 1..={max}, got {value}"));
+        }
+        self
+    }
+    /// A probability in [0, 1).
+    pub(crate) fn dropout(&mut self, key: &str, value: f64) -> &mut Self {
+        if !(value.is_finite() && (0.0..1.0).contains(&value)) {
+            self.0.push(format!(
+                "{key} is a dropout probability and must lie in [0, 1), got {value}"
+            ));
+        }
+        self
+    }
+    /// A finite positive number.
+    pub(crate) fn positive(&mut self, key: &str, value: f64) -> &mut Self {
+        if !(value.is_finite() && value > 0.0) {
+            self.0
+                .push(format!("{key} must be a finite number > 0, got {value}"));
+        }
+        self
+    }
+    /// A token id inside the vocabulary.
+    pub(crate) fn token(&mut self, key: &str, id: usize, vocab: usize) -> &mut Self {
+        if id >= vocab {
+            self.0.push(format!(
+                "{key} {id} is outside the vocabulary (vocab_size {vocab})"
+            ));
+        }
+        self
+    }
+    /// Any other problem.
+    pub(crate) fn require(&mut self, ok: bool, problem: impl FnOnce() -> String) -> &mut Self {
+        if !ok {
+            self.0.push(problem());
+        }
+        self
+    }
+    /// All problems at once, as one config error.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::Config(format!(
+                "config.json: {}",
+                self.0.join("; ")
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -417,72 +484,5 @@ pub(crate) mod tests {
             e.contains("Toy has no variant `lora` (supported: ; none at all)"),
             "{e}"
         );
-    }
-}
-
-/// The largest dimension (width, vocabulary, positions) a `config.json` may give: far above
-/// every real model, low enough that parameter counts cannot overflow.
-pub const MAX_DIMENSION: usize = 1 << 24;
-/// The largest number of layers a `config.json` may give.
-pub const MAX_LAYERS: usize = 4096;
-
-/// Range checks of `config.json` values; each error names the key, the value and the range.
-pub(crate) struct ConfigCheck(Vec<String>);
-
-impl ConfigCheck {
-    pub(crate) fn new() -> Self {
-        Self(Vec::new())
-    }
-    /// `1 ≤ value ≤ max`.
-    pub(crate) fn count(&mut self, key: &str, value: usize, max: usize) -> &mut Self {
-        if value == 0 || value > max {
-            self.0
-                .push(format!("{key} must lie in 1..={max}, got {value}"));
-        }
-        self
-    }
-    /// A probability in [0, 1).
-    pub(crate) fn dropout(&mut self, key: &str, value: f64) -> &mut Self {
-        if !(value.is_finite() && (0.0..1.0).contains(&value)) {
-            self.0.push(format!(
-                "{key} is a dropout probability and must lie in [0, 1), got {value}"
-            ));
-        }
-        self
-    }
-    /// A finite positive number.
-    pub(crate) fn positive(&mut self, key: &str, value: f64) -> &mut Self {
-        if !(value.is_finite() && value > 0.0) {
-            self.0
-                .push(format!("{key} must be a finite number > 0, got {value}"));
-        }
-        self
-    }
-    /// A token id inside the vocabulary.
-    pub(crate) fn token(&mut self, key: &str, id: usize, vocab: usize) -> &mut Self {
-        if id >= vocab {
-            self.0.push(format!(
-                "{key} {id} is outside the vocabulary (vocab_size {vocab})"
-            ));
-        }
-        self
-    }
-    /// Any other problem.
-    pub(crate) fn require(&mut self, ok: bool, problem: impl FnOnce() -> String) -> &mut Self {
-        if !ok {
-            self.0.push(problem());
-        }
-        self
-    }
-    /// All problems at once, as one config error.
-    pub(crate) fn finish(&mut self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ModelError::Config(format!(
-                "config.json: {}",
-                self.0.join("; ")
-            )))
-        }
     }
 }

@@ -378,7 +378,7 @@ mod tests {
     fn groups_get_their_own_lr_and_decay() -> Result<()> {
         let dev = Device::Cpu;
         let mk = |x: f32| Var::from_vec(vec![x; 2], 2, &dev).unwrap();
-        let vars = vec![
+        let vars = [
             ("mask.0.down".to_string(), mk(1.0)),
             ("adapter.down.weight".to_string(), mk(1.0)),
             ("adapter.down.bias".to_string(), mk(1.0)),
@@ -432,7 +432,7 @@ mod tests {
         );
         // below the threshold: untouched
         let mut grads = loss.backward()?;
-        clip_grad_norm(&mut grads, &[a.clone()], 10.0)?;
+        clip_grad_norm(&mut grads, std::slice::from_ref(&a), 10.0)?;
         assert_eq!(
             grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?,
             vec![3.0, 4.0]
