@@ -754,7 +754,11 @@ fn train_in(
 
 /// Restore the best state of a run directory and evaluate it on `split` (`test` or `eval`).
 pub fn evaluate_run(dir: &Path, split: &str) -> Result<Metrics> {
-    let cfg = RunConfig::from_toml_file(&dir.join("config.toml"))?;
+    if !matches!(split, "test" | "eval") {
+        bail!("unknown split `{split}` (test or eval)");
+    }
+    let cfg = RunConfig::from_toml_file(&dir.join("config.toml"))
+        .with_context(|| format!("is {} a run directory?", dir.display()))?;
     let mut p = prepare(&cfg)?;
     p.model.restore(&dir.join("best.safetensors"))?;
     let data = match split {

@@ -262,12 +262,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mask_lr,
             device,
         } => {
-            println!("ProPETL demo: tiny RoBERTa (2 layers, hidden 64) built in-process, synthetic majority task\n");
             let cfg = demo::demo_config(epochs, seed, lr, mask_lr);
+            cfg.validate()?;
+            let device = device.open()?;
+            println!("ProPETL demo: tiny RoBERTa (2 layers, hidden 64) built in-process, synthetic majority task\n");
             let mut runs = Vec::new();
             for variant in [Variant::ProAdapter, Variant::Adapter] {
                 let mut progress = Progress::new(variant.name(), true);
-                runs.push(demo::run_variant(variant, &cfg, &device.open()?, &mut progress)?);
+                runs.push(demo::run_variant(variant, &cfg, &device, &mut progress)?);
             }
             let (pro, base) = (&runs[0], &runs[1]);
             for run in [pro, base] {
