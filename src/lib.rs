@@ -35,6 +35,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod demo;
 pub mod metrics;
+pub mod predict;
 pub mod run;
 pub mod train;
 

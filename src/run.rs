@@ -25,9 +25,10 @@ use propetl_runtime::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::TrainCheckpoint;
 use crate::data::{self, CustomData, GlueTask, Splits, TextExample};
 use crate::metrics::Metrics;
-use crate::checkpoint::TrainCheckpoint;
+use crate::predict::TaskInfo;
 use crate::train::{
     evaluate, set_trainable_values, train_from, trainable_values, EpochLog, EvalSettings,
     TrainConfig, TrainData, TrainObserver,
@@ -193,7 +194,10 @@ impl RunConfig {
             bail!("task = \"custom\" needs a [custom] section");
         }
         if self.task != Task::Custom && self.custom.is_some() {
-            bail!("a [custom] section needs task = \"custom\" (task is `{}`)", self.task);
+            bail!(
+                "a [custom] section needs task = \"custom\" (task is `{}`)",
+                self.task
+            );
         }
         roberta::spec(self.variant)
             .and_then(|spec| Ok(self.petl.apply(&spec)?))
@@ -354,6 +358,30 @@ pub struct Prepared {
     pub test: Vec<Example>,
     /// Rows skipped.
     pub skipped: usize,
+}
+
+/// Class names of a task in index order (empty for regression).
+pub fn label_names(cfg: &RunConfig, kind: TaskKind) -> Vec<String> {
+    let TaskKind::Classification { num_labels } = kind else {
+        return Vec::new();
+    };
+    let named: &[&str] = match cfg.task {
+        Task::Glue(GlueTask::Cola) => &["unacceptable", "acceptable"],
+        Task::Glue(GlueTask::Sst2) => &["negative", "positive"],
+        Task::Glue(GlueTask::Mrpc) => &["not_equivalent", "equivalent"],
+        Task::Glue(GlueTask::Qqp) => &["not_duplicate", "duplicate"],
+        Task::Glue(GlueTask::Mnli) => &["entailment", "neutral", "contradiction"],
+        Task::Glue(GlueTask::Qnli) | Task::Glue(GlueTask::Rte) => &["entailment", "not_entailment"],
+        Task::RottenTomatoes => &["rotten", "fresh"],
+        _ => &[],
+    };
+    if named.len() == num_labels {
+        return named.iter().map(|s| s.to_string()).collect();
+    }
+    match cfg.custom.as_ref().and_then(|c| c.labels.clone()) {
+        Some(names) if names.len() == num_labels => names,
+        _ => (0..num_labels).map(|i| i.to_string()).collect(),
+    }
 }
 
 /// The device of a configuration (CPU unless configured).
@@ -606,8 +634,7 @@ pub fn run_with(
     } else {
         out.to_path_buf()
     };
-    std::fs::create_dir_all(&staging)
-        .with_context(|| format!("creating {}", staging.display()))?;
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let lock = RunLock::acquire(&staging)?;
     let result = train_in(cfg, &staging, prepared, None, options, observer, start);
     if staging != out {
@@ -687,6 +714,14 @@ fn train_in(
         atomic_write(
             &dir.join("config.toml"),
             toml::to_string_pretty(cfg)?.as_bytes(),
+        )?;
+        let info = TaskInfo {
+            kind: model.task_kind(),
+            labels: label_names(cfg, model.task_kind()),
+        };
+        atomic_write(
+            &dir.join("task.json"),
+            serde_json::to_string_pretty(&info)?.as_bytes(),
         )?;
     }
     let mut train_cfg = cfg.train.clone();

@@ -49,6 +49,33 @@ enum Command {
     },
     /// Train a variant on a task (GLUE, sentiment or custom data) and write a run directory.
     Train(TrainArgs),
+    /// Predict with the best state of a run: JSONL / CSV / TSV (named columns) or plain lines in,
+    /// one JSON object per input out (id, label, probabilities or score), in input order.
+    Predict {
+        /// The run directory (written by `train`).
+        run: PathBuf,
+        /// Input file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        /// jsonl, csv, tsv or lines (default: from the file extension; lines for stdin).
+        #[arg(long)]
+        format: Option<String>,
+        /// Column (JSONL key or CSV header) of the text.
+        #[arg(long, default_value = "text")]
+        text_column: String,
+        /// Column of the second text (pair tasks).
+        #[arg(long)]
+        text_pair_column: Option<String>,
+        /// Column of the id (default: the row number).
+        #[arg(long)]
+        id_column: Option<String>,
+        /// Inputs per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Device (default: the run's).
+        #[arg(long)]
+        device: Option<DeviceSpec>,
+    },
     /// Evaluate the best state of a run directory.
     Eval {
         /// The run directory (written by `train`).
@@ -308,6 +335,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             print_report(&report);
             println!("run directory: {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict {
+            run: dir,
+            input,
+            format,
+            text_column,
+            text_pair_column,
+            id_column,
+            batch_size,
+            device,
+        } => {
+            use propetl::predict::{read_inputs, Columns, InputFormat, Predictor};
+            use std::io::{Read, Write};
+            if batch_size == 0 {
+                anyhow::bail!("--batch-size must be at least 1");
+            }
+            let stdin = input.as_os_str() == "-";
+            let format = match format.as_deref() {
+                None if stdin => InputFormat::Lines,
+                None => InputFormat::from_path(&input),
+                Some("jsonl") => InputFormat::Jsonl,
+                Some("csv") => InputFormat::Csv,
+                Some("tsv") => InputFormat::Tsv,
+                Some("lines") => InputFormat::Lines,
+                Some(other) => anyhow::bail!("unknown --format `{other}` (jsonl, csv, tsv, lines)"),
+            };
+            let (text, source) = if stdin {
+                let mut t = String::new();
+                std::io::stdin().read_to_string(&mut t)?;
+                (t, "<stdin>".to_string())
+            } else {
+                (
+                    std::fs::read_to_string(&input)
+                        .with_context(|| format!("reading {}", input.display()))?,
+                    input.display().to_string(),
+                )
+            };
+            let columns = Columns {
+                id: id_column,
+                text: text_column,
+                text_pair: text_pair_column,
+            };
+            let inputs = read_inputs(&text, format, &columns, &source)?;
+            let predictor = Predictor::load(&dir, device)?;
+            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::new(inputs.len() as u64)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            let outputs =
+                predictor.predict(&inputs, batch_size, &mut |n| bar.set_position(n as u64))?;
+            bar.finish_and_clear();
+            let mut stdout = std::io::stdout().lock();
+            for o in outputs {
+                writeln!(stdout, "{}", serde_json::to_string(&o)?)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run: dir, split } => {
