@@ -132,9 +132,16 @@ enum Command {
         /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
         #[arg(long, default_value = "pro_adapter")]
         variant: Variant,
-        /// A Hugging Face model folder (its config.json); default: roberta-base shape.
-        #[arg(long)]
+        /// A Hugging Face model folder (its config.json: BERT family or T5).
+        #[arg(long, conflicts_with = "model")]
         model_dir: Option<PathBuf>,
+        /// A built-in shape: roberta-base or t5-base (default: roberta-base).
+        #[arg(long)]
+        model: Option<String>,
+        /// Tasks sharing the model (T5 multi-task ProPETL: one task mask each; default: the
+        /// eight GLUE tasks).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
         /// Override the keep ratio.
         #[arg(long)]
         keep: Option<f64>,
@@ -142,6 +149,78 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// t5-base's config.json (the shape of method page §6).
+const T5_BASE: &str = r#"{"model_type": "t5", "vocab_size": 32128, "d_model": 768, "d_kv": 64,
+  "d_ff": 3072, "num_layers": 12, "num_heads": 12, "relative_attention_num_buckets": 32,
+  "relative_attention_max_distance": 128, "feed_forward_proj": "relu", "pad_token_id": 0}"#;
+
+/// The storage report of a variant on a model shape, and for T5 the marginal cost of one
+/// more task.
+fn storage(
+    variant: Variant,
+    model_dir: Option<PathBuf>,
+    model: Option<String>,
+    tasks: Vec<String>,
+    keep: Option<f64>,
+) -> Result<(StorageReport, Option<f64>)> {
+    let config_json = match (&model_dir, model.as_deref()) {
+        (Some(d), _) => {
+            let p = d.join("config.json");
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?
+        }
+        (None, None | Some("roberta-base")) => String::new(),
+        (None, Some("t5-base")) => T5_BASE.to_string(),
+        (None, Some(other)) => anyhow::bail!("unknown --model `{other}` (roberta-base, t5-base)"),
+    };
+    let is_t5 = serde_json::from_str::<serde_json::Value>(&config_json)
+        .ok()
+        .is_some_and(|v| v["model_type"] == "t5");
+    let overrides = NumericOverrides {
+        keep,
+        ..Default::default()
+    };
+    if is_t5 {
+        let config = propetl_models::t5::T5Config::from_json(&config_json)?;
+        let cfg = overrides.apply(&propetl_models::t5::spec(variant)?)?;
+        let tasks: Vec<String> = if tasks.is_empty() {
+            propetl::data::GlueTask::ALL
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect()
+        } else {
+            tasks
+        };
+        let names: Vec<&str> = tasks.iter().map(String::as_str).collect();
+        let report = |names: &[&str]| -> Result<StorageReport> {
+            let plan = Plan::new(&cfg, &config.layout(names))?;
+            Ok(StorageReport::from_plan(
+                &plan,
+                config.backbone_params(),
+                0,
+            )?)
+        };
+        let now = report(&names)?;
+        let mut more = names.clone();
+        more.push("one-more-task");
+        let marginal = report(&more)?.float32_equivalents - now.float32_equivalents;
+        return Ok((now, Some(marginal)));
+    }
+    if !tasks.is_empty() {
+        anyhow::bail!("--tasks applies to multi-task T5 models (--model t5-base)");
+    }
+    let config = if config_json.is_empty() {
+        RobertaConfig::roberta_base()
+    } else {
+        RobertaConfig::from_json(&config_json)?
+    };
+    let cfg = overrides.apply(&roberta::spec(variant)?)?;
+    let plan = Plan::new(&cfg, &config.layout())?;
+    Ok((
+        StorageReport::from_plan(&plan, config.backbone_params(), 0)?,
+        None,
+    ))
 }
 
 #[derive(clap::Args)]
@@ -263,6 +342,12 @@ fn print_report(r: &RunReport) {
 }
 
 fn main() -> ExitCode {
+    // `propetl … | head` ends quietly, as Unix tools do, instead of panicking on a closed pipe
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     propetl_runtime::alloc::tune_for_training();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -491,24 +576,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Storage {
             variant,
             model_dir,
+            model,
+            tasks,
             keep,
             json,
         } => {
-            let config = match model_dir {
-                Some(d) => RobertaConfig::from_file(&d.join("config.json"))?,
-                None => RobertaConfig::roberta_base(),
-            };
-            let overrides = NumericOverrides {
-                keep,
-                ..Default::default()
-            };
-            let cfg = overrides.apply(&roberta::spec(variant)?)?;
-            let plan = Plan::new(&cfg, &config.layout())?;
-            let report = StorageReport::from_plan(&plan, config.backbone_params(), 0)?;
+            let (report, marginal) = storage(variant, model_dir, model, tasks, keep)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut v = serde_json::to_value(&report)?;
+                if let Some(m) = marginal {
+                    v["marginal_task_float32_equivalents"] = serde_json::json!(m);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{}", report.to_table());
+                if let Some(m) = marginal {
+                    println!("  one more task costs               {m:.0} float32-equivalents (its task masks)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

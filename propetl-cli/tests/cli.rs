@@ -214,3 +214,43 @@ fn the_library_crate_has_no_cli_dependencies() {
         );
     }
 }
+
+/// Method page §6 for multi-task T5: all 8 GLUE tasks on t5-base cost ≈197k float32
+/// equivalents against 2.38M for 24 unshared adapters; one more task costs its task masks.
+#[test]
+fn storage_of_multi_task_t5_reproduces_the_method_page() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_propetl"))
+        .args(["storage", "--model", "t5-base", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["float32_equivalents"], 197_440.0);
+    assert_eq!(v["baseline_floats"], 2_379_264);
+    // two task masks (down, up) of 768 × 64 entries at one bit each
+    assert_eq!(v["marginal_task_float32_equivalents"], 3072.0);
+    let three = std::process::Command::new(env!("CARGO_BIN_EXE_propetl"))
+        .args([
+            "storage",
+            "--model",
+            "t5-base",
+            "--tasks",
+            "rte,sst2,cola",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v3: serde_json::Value = serde_json::from_slice(&three.stdout).unwrap();
+    assert_eq!(v3["float32_equivalents"], 197_440.0 - 5.0 * 3072.0);
+    // T5 blocks have no LoRA site
+    let lora = std::process::Command::new(env!("CARGO_BIN_EXE_propetl"))
+        .args(["storage", "--model", "t5-base", "--variant", "pro_lora"])
+        .output()
+        .unwrap();
+    assert!(!lora.status.success());
+    assert!(String::from_utf8_lossy(&lora.stderr).contains("T5 has no variant `pro_lora`"));
+}
