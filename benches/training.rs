@@ -88,6 +88,7 @@ impl Step {
                     &dev,
                 )
                 .unwrap(),
+                decoder_input_ids: None,
                 task: "default".into(),
             },
         }

@@ -186,10 +186,7 @@ fn examples(rng: &mut PetlRng, n: usize) -> Vec<Example> {
                     }) as u32
                 })
                 .collect();
-            Example {
-                ids,
-                label: if 2 * low > SEQ { 1.0 } else { 0.0 },
-            }
+            Example::new(ids, if 2 * low > SEQ { 1.0 } else { 0.0 })
         })
         .collect()
 }

@@ -96,7 +96,12 @@ impl TrainCheckpoint {
         };
         let views = blobs
             .iter()
-            .map(|(n, shape, bytes)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+            .map(|(n, shape, bytes)| {
+                Ok((
+                    n.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let metadata: std::collections::HashMap<String, String> =
             [(META_KEY.to_string(), serde_json::to_string(&meta)?)].into();
@@ -108,15 +113,21 @@ impl TrainCheckpoint {
     /// Read a checkpoint written by [`save`](Self::save).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let bad = |what: String| anyhow::anyhow!("{}: not a usable training checkpoint: {what}", path.display());
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(format!("{e}")))?;
+        let bad = |what: String| {
+            anyhow::anyhow!(
+                "{}: not a usable training checkpoint: {what}",
+                path.display()
+            )
+        };
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
         let meta_text = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get(META_KEY))
             .ok_or_else(|| bad("no checkpoint metadata".into()))?;
-        let meta: Meta = serde_json::from_str(meta_text).map_err(|e| bad(format!("metadata: {e}")))?;
+        let meta: Meta =
+            serde_json::from_str(meta_text).map_err(|e| bad(format!("metadata: {e}")))?;
         if meta.version != CHECKPOINT_VERSION {
             bail!(
                 "{}: checkpoint format version {} (this build reads {CHECKPOINT_VERSION})",
@@ -148,8 +159,12 @@ impl TrainCheckpoint {
         }
         let mut moments = BTreeMap::new();
         for (name, t) in meta.moment_steps {
-            let m = m_map.remove(&name).ok_or_else(|| bad(format!("no first moment of `{name}`")))?;
-            let v = v_map.remove(&name).ok_or_else(|| bad(format!("no second moment of `{name}`")))?;
+            let m = m_map
+                .remove(&name)
+                .ok_or_else(|| bad(format!("no first moment of `{name}`")))?;
+            let v = v_map
+                .remove(&name)
+                .ok_or_else(|| bad(format!("no second moment of `{name}`")))?;
             moments.insert(name, (m, v, t));
         }
         if let Some(name) = m_map.keys().chain(v_map.keys()).next() {

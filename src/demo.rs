@@ -44,10 +44,7 @@ pub fn majority_task(n: usize, seed: u64) -> Vec<Example> {
                 });
             }
             ids.push(2);
-            Example {
-                ids,
-                label: if 2 * low > len { 1.0 } else { 0.0 },
-            }
+            Example::new(ids, if 2 * low > len { 1.0 } else { 0.0 })
         })
         .collect()
 }

@@ -143,7 +143,7 @@ impl Predictor {
                     Some(b) => self.tokenizer.encode_pair(&x.text, b)?,
                     None => self.tokenizer.encode(&x.text)?,
                 };
-                Ok(Example { ids, label: 0.0 })
+                Ok(Example::new(ids, 0.0))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut order: Vec<usize> = (0..examples.len()).collect();

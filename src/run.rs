@@ -338,10 +338,7 @@ fn tokenize(
                 Some(b) => tok.encode_pair(&e.text_a, b)?,
                 None => tok.encode(&e.text_a)?,
             };
-            Ok(Example {
-                ids,
-                label: e.label,
-            })
+            Ok(Example::new(ids, e.label))
         })
         .collect()
 }

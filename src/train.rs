@@ -232,7 +232,7 @@ pub fn evaluate(model: &dyn TaskModel, data: &[Example], how: &EvalSettings) -> 
     let gold: Vec<f32> = data.iter().map(|e| e.label).collect();
     Ok(task_metrics(
         how.glue,
-        model.task_kind().is_regression(),
+        model.task_kind_of(how.task).is_regression(),
         &preds,
         &gold,
     ))
@@ -313,7 +313,10 @@ pub fn trainable_values(model: &dyn TaskModel) -> Result<BTreeMap<String, Tensor
 }
 
 /// Set the trainable tensors of `model` from `values` (all of them, with their shapes).
-pub fn set_trainable_values(model: &dyn TaskModel, values: &BTreeMap<String, Tensor>) -> Result<()> {
+pub fn set_trainable_values(
+    model: &dyn TaskModel,
+    values: &BTreeMap<String, Tensor>,
+) -> Result<()> {
     let trainables = model.trainables();
     if values.len() != trainables.len() {
         bail!(
@@ -381,7 +384,9 @@ pub fn train_from(
         for epoch in start_epoch..=cfg.epochs {
             let start = std::time::Instant::now();
             let (batches, first, mut step_losses, mut tokens) = match resumed.take() {
-                Some(p) if !p.batches.is_empty() => (p.batches, p.position, p.step_losses, p.tokens),
+                Some(p) if !p.batches.is_empty() => {
+                    (p.batches, p.position, p.step_losses, p.tokens)
+                }
                 _ => (
                     length_bucketed_batches(train, cfg.batch_size, &mut rng),
                     0,

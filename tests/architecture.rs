@@ -193,14 +193,8 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
         assert!(no_decay.iter().all(|n| n.ends_with("bias")), "{no_decay:?}");
         // every trainable tensor, found through the model, gets a non-zero gradient
         let examples = [
-            Example {
-                ids: vec![0, 31, 87, 112, 2],
-                label: 1.0,
-            },
-            Example {
-                ids: vec![0, 45, 2],
-                label: 0.0,
-            },
+            Example::new(vec![0, 31, 87, 112, 2], 1.0),
+            Example::new(vec![0, 45, 2], 0.0),
         ];
         // LoRA's B starts at zero, which zeroes the gradients of A and of B's masks: move B
         // off zero so that every path carries a gradient

@@ -225,5 +225,8 @@ fn a_diverging_run_stops_with_a_clear_error() {
     cfg.train.max_grad_norm = f64::INFINITY;
     let err = format!("{:#}", run(&cfg, &dir.path().join("inf")).unwrap_err());
     assert!(err.contains("train.max_grad_norm"), "{err}");
-    assert!(!dir.path().join("inf").exists(), "nothing written for an invalid config");
+    assert!(
+        !dir.path().join("inf").exists(),
+        "nothing written for an invalid config"
+    );
 }

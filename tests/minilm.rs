@@ -86,6 +86,7 @@ fn every_variant_builds_on_minilm_and_starts_near_the_backbone() {
             input_ids: ids.clone(),
             attention_mask: mask.clone(),
             labels: Tensor::new(&[1i64], &Device::Cpu).unwrap(),
+            decoder_input_ids: None,
             task: "default".into(),
         };
         let hidden = model.hidden_states(&batch).unwrap();

@@ -47,7 +47,10 @@ fn an_existing_run_is_refused_untouched_and_overwrite_swaps_at_the_end() {
     let err = run_with(&quick(1), &out, RunOptions::default(), &mut Silent)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("--overwrite") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("--overwrite") && err.contains("--resume"),
+        "{err}"
+    );
     assert_eq!(snapshot(&out), before);
     // an invalid configuration with --overwrite: refused before any work, nothing changed
     let mut bad = quick(1);
@@ -132,7 +135,12 @@ fn a_crashed_run_resumes_bit_identical_to_an_uninterrupted_one() {
         std::fs::read(crashed.join(BEST_FILE)).unwrap(),
         "best state differs"
     );
-    let lines = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().count();
+    let lines = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
     assert_eq!(lines(&crashed), 3);
     // a directory without a checkpoint cannot be resumed
     let empty = dir.path().join("empty");

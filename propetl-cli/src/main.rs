@@ -1,5 +1,6 @@
 //! `propetl`: the command-line interface (`cargo install --path propetl-cli`).
 
+mod generate;
 mod parity;
 mod progress;
 mod report;
@@ -127,6 +128,9 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
     },
+    /// Generate text with a T5 checkpoint: one input per line (stdin or --input), one JSON
+    /// object per line out.
+    Generate(generate::GenerateArgs),
     /// Print the storage report of a variant on a model shape (method page §6).
     Storage {
         /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
@@ -573,6 +577,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Generate(args) => generate::run(&args),
         Command::Storage {
             variant,
             model_dir,

@@ -541,6 +541,7 @@ fn check_roberta(dir: &Path, settings: &serde_json::Value, dev: &Device) -> Resu
         input_ids: need("input_ids")?,
         attention_mask: need("attention_mask")?,
         labels: need("labels")?,
+        decoder_input_ids: None,
         task: "default".into(),
     };
     let mut forward = || -> Result<Outputs> {

@@ -46,6 +46,12 @@ pub enum PetlError {
     /// A score tensor contained NaN or infinity.
     #[error("mask scores `{0}` contain NaN or infinite values")]
     NonFiniteScores(String),
+    /// A tensor to be saved contains NaN or infinity (a saved state must be finite).
+    #[error("tensor `{name}` contains NaN or infinite values; refusing to save it")]
+    NonFinite {
+        /// Tensor name.
+        name: String,
+    },
     /// The loss became NaN or infinite.
     #[error("loss is not finite ({0}) at step {1}")]
     NonFiniteLoss(f32, usize),
@@ -83,7 +89,10 @@ pub enum LoadErrorKind {
     #[error("malformed manifest: {0}")]
     BadManifest(String),
     /// The manifest was written by an unknown format version.
-    #[error("unsupported manifest version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported manifest version {found} (this build writes version {supported} and \
+         reads versions 1 to {supported})"
+    )]
     UnsupportedVersion {
         /// Version found in the file.
         found: u32,
@@ -114,6 +123,44 @@ pub enum LoadErrorKind {
     /// The file holds a tensor that the model does not know.
     #[error("unexpected tensor `{0}` (not part of this model's PETL state)")]
     UnexpectedTensor(String),
+    /// The stored bytes of a tensor (or of the manifest, named `propetl.manifest`) do not
+    /// match the CRC-32 recorded at save time: the file was corrupted or edited.
+    #[error(
+        "checksum mismatch in `{name}`: recorded CRC-32 {expected}, the stored bytes give \
+         {found} (the file is corrupt or was edited)"
+    )]
+    Checksum {
+        /// Tensor name, or `propetl.manifest`.
+        name: String,
+        /// The checksum recorded in the file.
+        expected: String,
+        /// The checksum of the bytes read.
+        found: String,
+    },
+    /// A stored mask keeps another number of entries than its top-k binarization at the
+    /// manifest's keep ratio does (`kept_count(entries, keep)`).
+    #[error(
+        "mask `{name}` keeps {found} of {entries} entries, but a top-k mask at keep {keep} \
+         keeps {expected}"
+    )]
+    MaskCount {
+        /// Mask name.
+        name: String,
+        /// Entries of the mask.
+        entries: usize,
+        /// The manifest's keep ratio.
+        keep: f64,
+        /// `kept_count(entries, keep)`.
+        expected: usize,
+        /// Ones in the stored mask.
+        found: usize,
+    },
+    /// A stored f32 tensor holds NaN or infinity.
+    #[error("tensor `{name}` contains NaN or infinite values")]
+    NonFinite {
+        /// Tensor name.
+        name: String,
+    },
 }
 
 /// Result alias of the runtime.

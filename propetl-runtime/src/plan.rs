@@ -194,7 +194,7 @@ impl Plan {
                 })
                 .collect(),
             Method::Prefix { length, hidden } => {
-                let out = if shared { 2 * h } else { 2 * h * n_layers };
+                let out = prefix_width(h, n_layers, shared)?;
                 vec![
                     ("wte".into(), vec![*length, h], Init::Normal(1.0)),
                     ("mlp0.weight".into(), vec![*hidden, h], Init::KaimingUniform),
@@ -257,12 +257,17 @@ impl Plan {
                     fan_in: fan_in(shape),
                 })
                 .collect(),
-            Method::Prefix { length, .. } => vec![Site {
-                name: "prefix".into(),
-                shape: vec![*length, 2 * h],
-                // the reference stacks all layers' scores as [L, P, 2H]
-                fan_in: length * 2 * h,
-            }],
+            Method::Prefix { length, .. } => {
+                let width = prefix_width(h, n_layers, true)?;
+                vec![Site {
+                    name: "prefix".into(),
+                    shape: vec![*length, width],
+                    // the reference stacks all layers' scores as [L, P, 2H]
+                    fan_in: checked_mul(*length, width, || {
+                        "prefix score fan-in = length × 2·hidden".to_string()
+                    })?,
+                }]
+            }
         };
         let mut scores = Vec::new();
         if config.is_masked() {
@@ -305,13 +310,18 @@ impl Plan {
                 }
             }
         }
-        Ok(Self {
+        let plan = Self {
             config: config.clone(),
             layout: layout.clone(),
             prototype,
             sites,
             scores,
-        })
+        };
+        // every size derived from the shapes must fit in a usize (class 8: no wrapped counts)
+        plan.checked_training_floats()?;
+        plan.checked_mask_entries()?;
+        plan.checked_payload_bytes()?;
+        Ok(plan)
     }
 
     /// Name of the prototype tensor `suffix` as used by `layer` (shared or per-layer instance).
@@ -324,37 +334,170 @@ impl Plan {
         }
     }
 
-    /// Number of prototype floats trained (weights and biases).
+    /// Number of prototype floats trained (weights and biases). [`Plan::new`] rejects plans
+    /// whose sizes overflow; on a hand-built plan this saturates at `usize::MAX` (see
+    /// [`Plan::checked_training_floats`]).
     pub fn training_floats(&self) -> usize {
-        self.prototype
-            .iter()
-            .map(|p| p.shape.iter().product::<usize>())
-            .sum()
+        self.checked_training_floats().unwrap_or(usize::MAX)
     }
 
     /// Number of prototype floats stored after training. For prefixes this is the
     /// materialized prefix `P·2H` per instance (the MLP is discarded, method page §6–§7).
+    /// Saturates like [`Plan::training_floats`].
     pub fn stored_floats(&self) -> usize {
+        self.checked_stored_floats().unwrap_or(usize::MAX)
+    }
+
+    /// Total number of mask entries (1 bit each when stored). Saturates like
+    /// [`Plan::training_floats`].
+    pub fn mask_entries(&self) -> usize {
+        self.checked_mask_entries().unwrap_or(usize::MAX)
+    }
+
+    /// [`Plan::training_floats`], or a configuration error naming the overflowing value.
+    pub fn checked_training_floats(&self) -> Result<usize> {
+        let mut total = 0usize;
+        for p in &self.prototype {
+            let n = elem_count(&p.name, &p.shape, &self.layout)?;
+            total = checked_add(total, n, || {
+                format!(
+                    "prototype floats (adding `{}`; {})",
+                    p.name,
+                    layout_words(&self.layout)
+                )
+            })?;
+        }
+        Ok(total)
+    }
+
+    /// [`Plan::stored_floats`], or a configuration error naming the overflowing value.
+    pub fn checked_stored_floats(&self) -> Result<usize> {
         match &self.config.method {
             Method::Prefix { length, .. } => {
-                let per = length * 2 * self.layout.hidden;
-                if self.config.shares_layers() {
-                    per
-                } else {
-                    per * self.layout.layers.len()
-                }
+                let h = self.layout.hidden;
+                let layers = self.layout.layers.len();
+                let width = prefix_width(h, layers, self.config.shares_layers())?;
+                checked_mul(*length, width, || {
+                    format!("stored prefix floats = length × width (hidden {h}, {layers} layers)")
+                })
             }
-            _ => self.training_floats(),
+            _ => self.checked_training_floats(),
         }
     }
 
-    /// Total number of mask entries (1 bit each when stored).
-    pub fn mask_entries(&self) -> usize {
-        self.scores
-            .iter()
-            .map(|s| s.shape.iter().product::<usize>())
-            .sum()
+    /// [`Plan::mask_entries`], or a configuration error naming the overflowing value.
+    pub fn checked_mask_entries(&self) -> Result<usize> {
+        let mut total = 0usize;
+        for s in &self.scores {
+            let n = elem_count(&s.name, &s.shape, &self.layout)?;
+            total = checked_add(total, n, || {
+                format!(
+                    "mask entries (adding `{}`, one of {} score tensors; {})",
+                    s.name,
+                    self.scores.len(),
+                    layout_words(&self.layout)
+                )
+            })?;
+        }
+        Ok(total)
     }
+
+    /// Bytes of the packed masks: `⌈entries/8⌉` per score tensor.
+    pub fn checked_mask_bytes(&self) -> Result<usize> {
+        let mut total = 0usize;
+        for s in &self.scores {
+            let n = elem_count(&s.name, &s.shape, &self.layout)?;
+            total = checked_add(total, n.div_ceil(8), || {
+                format!(
+                    "packed mask bytes (adding `{}`; {})",
+                    s.name,
+                    layout_words(&self.layout)
+                )
+            })?;
+        }
+        Ok(total)
+    }
+
+    /// Exact payload bytes of a saved state (heads aside): 4 per stored prototype float plus
+    /// the packed masks, or a configuration error naming the overflowing value.
+    pub fn checked_payload_bytes(&self) -> Result<usize> {
+        let floats = self.checked_stored_floats()?;
+        let float_bytes = checked_mul(floats, 4, || {
+            format!(
+                "prototype bytes = stored floats × 4 ({})",
+                layout_words(&self.layout)
+            )
+        })?;
+        let mask_bytes = self.checked_mask_bytes()?;
+        checked_add(float_bytes, mask_bytes, || {
+            format!(
+                "payload bytes = prototype bytes + packed mask bytes ({})",
+                layout_words(&self.layout)
+            )
+        })
+    }
+}
+
+/// `hidden 768, 12 layers, 2 tasks`: the layout's sizes, for overflow messages.
+fn layout_words(layout: &PetlLayout) -> String {
+    format!(
+        "hidden {}, {} layers, {} tasks",
+        layout.hidden,
+        layout.layers.len(),
+        layout.tasks.len()
+    )
+}
+
+/// Width of the prefix MLP output: `2·H` shared, `2·H·L` unshared.
+fn prefix_width(h: usize, layers: usize, shared: bool) -> Result<usize> {
+    let two_h = checked_mul(2, h, || "prefix width = 2 × hidden".to_string())?;
+    if shared {
+        Ok(two_h)
+    } else {
+        checked_mul(two_h, layers, || {
+            "unshared prefix width = 2·hidden × layers".to_string()
+        })
+    }
+}
+
+/// Number of elements of `shape`, or a configuration error naming the tensor.
+fn elem_count(name: &str, shape: &[usize], layout: &PetlLayout) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            PetlError::config(format!(
+                "size overflow: `{name}` of shape [{}] has more than usize::MAX ({}) \
+                 elements ({})",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" × "),
+                usize::MAX,
+                layout_words(layout)
+            ))
+        })
+}
+
+/// `a × b`, or the configuration error "size overflow: {what} ({a} × {b}) overflows usize",
+/// where `what` names the quantity and the user's values behind it.
+pub(crate) fn checked_mul(a: usize, b: usize, what: impl FnOnce() -> String) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| overflow(format!("{} ({a} × {b})", what())))
+}
+
+/// `a + b`, or a configuration error like [`checked_mul`]'s.
+pub(crate) fn checked_add(a: usize, b: usize, what: impl FnOnce() -> String) -> Result<usize> {
+    a.checked_add(b)
+        .ok_or_else(|| overflow(format!("{} ({a} + {b})", what())))
+}
+
+fn overflow(what: String) -> PetlError {
+    PetlError::config(format!(
+        "size overflow: {what} overflows usize (max {}); check the model dimensions",
+        usize::MAX
+    ))
 }
 
 /// Bottleneck width of an adapter on hidden size `h`.

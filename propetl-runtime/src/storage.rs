@@ -34,28 +34,26 @@ pub struct StorageReport {
 }
 
 impl StorageReport {
-    /// Compute the report of a plan.
+    /// Compute the report of a plan. Every count is computed with checked arithmetic: sizes
+    /// that do not fit in a `usize` are a [`PetlError::Config`](crate::PetlError::Config)
+    /// naming the value, never a wrapped number.
     pub fn from_plan(plan: &Plan, backbone_params: usize, head_params: usize) -> Result<Self> {
-        let prototype_floats = plan.stored_floats();
-        let mask_entries = plan.mask_entries();
-        let mask_bytes: usize = plan
-            .scores
-            .iter()
-            .map(|s| s.shape.iter().product::<usize>().div_ceil(8))
-            .sum();
+        let prototype_floats = plan.checked_stored_floats()?;
+        let mask_entries = plan.checked_mask_entries()?;
+        let payload_bytes = plan.checked_payload_bytes()?;
         let f32eq = prototype_floats as f64 + mask_entries as f64 / 32.0;
         let baseline = Plan::new(
             &PetlConfig::unshared(plan.config.method.clone()),
             &plan.layout,
         )?;
-        let baseline_floats = baseline.stored_floats();
+        let baseline_floats = baseline.checked_stored_floats()?;
         Ok(Self {
             description: plan.config.describe(),
             prototype_floats,
-            training_prototype_floats: plan.training_floats(),
+            training_prototype_floats: plan.checked_training_floats()?,
             mask_entries,
             float32_equivalents: f32eq,
-            payload_bytes: prototype_floats * 4 + mask_bytes,
+            payload_bytes,
             backbone_params,
             percent_of_backbone: if backbone_params > 0 {
                 100.0 * f32eq / backbone_params as f64
@@ -128,5 +126,94 @@ mod tests {
         );
         assert!((a.ratio_to_baseline - 0.1143).abs() < 1e-3);
         assert_eq!(a.payload_bytes, 99_136 * 4 + 12 * 98_304 / 8);
+    }
+
+    #[test]
+    fn huge_shapes_are_config_errors_not_wrapped_counts() {
+        use crate::error::PetlError;
+        let config_err = |cfg: PetlConfig, layout: PetlLayout| -> String {
+            match Plan::new(&cfg, &layout) {
+                Err(PetlError::Config(msg)) => msg,
+                Err(e) => panic!("expected a configuration error, got {e}"),
+                Ok(plan) => match StorageReport::from_plan(&plan, ROBERTA_BASE, 0) {
+                    Err(PetlError::Config(msg)) => msg,
+                    other => panic!("expected an overflow error, got {other:?}"),
+                },
+            }
+        };
+        // hidden 2^32: every adapter weight fits (2^32/12 × 2^32 < 2^64) but the 24 masks do not
+        let msg = config_err(
+            PetlConfig::pro(Method::ADAPTER),
+            PetlLayout::single_task(1 << 32, 1, 12),
+        );
+        assert!(msg.contains("size overflow"), "{msg}");
+        assert!(msg.contains("mask entries"), "{msg}");
+        assert!(msg.contains("hidden 4294967296, 12 layers"), "{msg}");
+        // one tensor's element count overflows
+        let msg = config_err(
+            PetlConfig::pro(Method::Adapter {
+                size: crate::spec::AdapterSize::Bottleneck(1 << 40),
+                activation: crate::spec::Activation::Relu,
+                init_std: 0.02,
+            }),
+            PetlLayout::single_task(1 << 32, 1, 12),
+        );
+        assert!(
+            msg.contains("`adapter.down.weight` of shape [1099511627776 × 4294967296]"),
+            "{msg}"
+        );
+        // the prefix width 2·H overflows
+        let msg = config_err(
+            PetlConfig::pro(Method::PREFIX),
+            PetlLayout::single_task(1 << 63, 1, 12),
+        );
+        assert!(
+            msg.contains("prefix width = 2 × hidden (2 × 9223372036854775808)"),
+            "{msg}"
+        );
+        // unshared prefix 2·H·L overflows
+        let msg = config_err(
+            PetlConfig::unshared(Method::PREFIX),
+            PetlLayout::single_task(1 << 60, 1, 12),
+        );
+        assert!(
+            msg.contains("unshared prefix width = 2·hidden × layers"),
+            "{msg}"
+        );
+        // LoRA: the shared plan fits (2^57 floats, 2^63 mask entries), its unshared baseline
+        // (64 layers × 2^57 floats × 4 bytes) does not: the report says so
+        let lora = PetlConfig::pro(Method::Lora {
+            r: 1 << 24,
+            alpha: 1.0,
+            targets: std::borrow::Cow::Borrowed(&[crate::spec::LoraTarget::Q]),
+        });
+        let layout = PetlLayout::single_task(1 << 32, 1, 64);
+        let plan = Plan::new(&lora, &layout).unwrap();
+        assert_eq!(plan.mask_entries(), 1 << 63);
+        let msg = config_err(lora, layout);
+        assert!(msg.contains("prototype bytes = stored floats × 4"), "{msg}");
+        // payload bytes = 4 × floats overflows while the float count itself fits
+        let msg = config_err(
+            PetlConfig::unshared(Method::Adapter {
+                size: crate::spec::AdapterSize::Bottleneck(1 << 29),
+                activation: crate::spec::Activation::Relu,
+                init_std: 0.02,
+            }),
+            PetlLayout::single_task(1 << 32, 1, 1),
+        );
+        assert!(msg.contains("prototype bytes = stored floats × 4"), "{msg}");
+    }
+
+    #[test]
+    fn large_but_valid_shapes_are_exact() {
+        // 2^20 hidden, 48 layers: big numbers, no overflow, exact counts
+        let layout = PetlLayout::single_task(1 << 20, 16, 48);
+        let plan = Plan::new(&PetlConfig::pro(Method::ADAPTER), &layout).unwrap();
+        let r = StorageReport::from_plan(&plan, usize::MAX, 0).unwrap();
+        let d = (1usize << 20) / 12;
+        assert_eq!(r.prototype_floats, 2 * d * (1 << 20) + d + (1 << 20));
+        assert_eq!(r.mask_entries, 48 * 2 * d * (1 << 20));
+        assert_eq!(r.payload_bytes, 4 * r.prototype_floats + r.mask_entries / 8);
+        assert_eq!(plan.mask_entries(), r.mask_entries);
     }
 }

@@ -21,13 +21,28 @@ use crate::rng::PetlRng;
 use crate::storage::StorageReport;
 
 /// One example: token ids (with special tokens) and a label (class index, or a score for
-/// regression).
+/// regression); text-to-text models also train on the label's target token ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     /// Token ids.
     pub ids: Vec<u32>,
     /// Class index or regression target.
     pub label: f32,
+    /// Target token ids of text-to-text models (the label as text, with its end token);
+    /// empty for classification heads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_ids: Vec<u32>,
+}
+
+impl Example {
+    /// An example for a classification or regression head.
+    pub fn new(ids: Vec<u32>, label: f32) -> Self {
+        Self {
+            ids,
+            label,
+            target_ids: Vec::new(),
+        }
+    }
 }
 
 /// What a model predicts.
@@ -81,8 +96,12 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// `[B, S]`: 1 where a token is attended, 0 for padding.
     pub attention_mask: Tensor,
-    /// Targets `[B]`: class indices (i64) or scores (f32).
+    /// Targets: `[B]` class indices (i64) or scores (f32); for text-to-text models the
+    /// target token ids `[B, T]` (u32, padded with the pad id, which the loss ignores).
     pub labels: Tensor,
+    /// Text-to-text models: the decoder inputs `[B, T]` (the targets shifted right behind the
+    /// decoder start token); `None` for classification heads.
+    pub decoder_input_ids: Option<Tensor>,
     /// The task whose masks the forward pass uses (`default` for single-task models).
     pub task: String,
 }
@@ -184,6 +203,7 @@ pub fn collate_labeled(
         input_ids,
         attention_mask,
         labels,
+        decoder_input_ids: None,
         task: task.to_string(),
     })
 }
@@ -235,6 +255,12 @@ pub fn predictions_from_logits(kind: TaskKind, logits: &Tensor) -> Result<Vec<Pr
 pub trait TaskModel: ProPetlModel {
     /// What the model predicts.
     fn task_kind(&self) -> TaskKind;
+
+    /// What the model predicts for `task` (multi-task models differ per task).
+    fn task_kind_of(&self, task: &str) -> TaskKind {
+        let _ = task;
+        self.task_kind()
+    }
 
     /// Collate examples into a batch (the model knows its padding id) for `task`.
     fn collate(&self, examples: &[&Example], max_len: usize, task: &str) -> Result<Batch>;

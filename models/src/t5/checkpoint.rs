@@ -188,6 +188,8 @@ mod tests {
             feed_forward_proj: "relu".into(),
             tie_word_embeddings: true,
             pad_token_id: 0,
+            eos_token_id: 1,
+            decoder_start_token_id: None,
         }
     }
 

@@ -21,6 +21,25 @@ fn d_ff_proj() -> String {
 fn d_true() -> bool {
     true
 }
+fn d_eos() -> u32 {
+    1
+}
+
+/// `eos_token_id` as Hugging Face writes it: a number, `null` (T5's default 1) or a list (its
+/// first entry: generation stops at one EOS id).
+fn lenient_eos<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Eos {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match Option::<Eos>::deserialize(d)? {
+        None => d_eos(),
+        Some(Eos::One(id)) => id,
+        Some(Eos::Many(ids)) => ids.first().copied().unwrap_or_else(d_eos),
+    })
+}
 
 /// The subset of a T5 `config.json` the model needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -57,9 +76,16 @@ pub struct T5Config {
     /// Tied input/output embeddings (scales decoder outputs by d_model^-0.5).
     #[serde(default = "d_true")]
     pub tie_word_embeddings: bool,
-    /// Padding id (also the decoder start token).
+    /// Padding id (also the decoder start token unless `decoder_start_token_id` is set).
     #[serde(default)]
     pub pad_token_id: u32,
+    /// End-of-sequence id: generation stops a row when it emits it (default 1, T5's `</s>`).
+    #[serde(default = "d_eos", deserialize_with = "lenient_eos")]
+    pub eos_token_id: u32,
+    /// First decoder input of generation (default: `pad_token_id`, see
+    /// [`decoder_start`](Self::decoder_start)).
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
 }
 
 impl T5Config {
@@ -96,8 +122,19 @@ impl T5Config {
             )
             .positive("layer_norm_epsilon", c.layer_norm_epsilon)
             .token("pad_token_id", c.pad_token_id as usize, c.vocab_size)
+            .token("eos_token_id", c.eos_token_id as usize, c.vocab_size)
+            .token(
+                "decoder_start_token_id",
+                c.decoder_start() as usize,
+                c.vocab_size,
+            )
             .finish()?;
         Ok(c)
+    }
+
+    /// The first decoder input of generation: `decoder_start_token_id`, else `pad_token_id`.
+    pub fn decoder_start(&self) -> u32 {
+        self.decoder_start_token_id.unwrap_or(self.pad_token_id)
     }
 
     /// Decoder blocks.

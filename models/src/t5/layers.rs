@@ -36,24 +36,44 @@ impl Attention {
         })
     }
 
+    /// `[B, S, H·d_kv]` → `[B, H, S, d_kv]`.
+    fn split(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, _) = t.dims3()?;
+        t.reshape((b, s, self.heads, self.d_kv))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Keys and values `[B, H, Sk, d_kv]` of `kv [B,Sk,D]` (what a key/value cache holds).
+    fn keys_values(&self, kv: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.split(self.k.forward(kv)?)?,
+            self.split(self.v.forward(kv)?)?,
+        ))
+    }
+
     /// `x [B,Sq,D]` attends to `kv [B,Sk,D]`; `bias [B|1, H, Sq, Sk]` (positions + attention mask).
     fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (k, v) = self.keys_values(kv)?;
+        self.attend(x, &k, &v, bias)
+    }
+
+    /// `x [B,Sq,D]` attends to projected keys and values `[B, H, Sk, d_kv]`.
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let (b, sq, _) = x.dims3()?;
-        let sk = kv.dim(1)?;
-        let split = |t: Tensor, s: usize| {
-            t.reshape((b, s, self.heads, self.d_kv))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(self.q.forward(x)?, sq)?;
-        let k = split(self.k.forward(kv)?, sk)?;
-        let v = split(self.v.forward(kv)?, sk)?;
+        let q = self.split(self.q.forward(x)?)?;
         // T5 does not scale scores by 1/sqrt(d_kv)
         let scores = q
             .matmul(&k.transpose(2, 3)?.contiguous()?)?
             .broadcast_add(bias)?;
         let ctx = ops::softmax_last_dim(&scores)?
-            .matmul(&v)?
+            .matmul(v)?
             .transpose(1, 2)?
             .reshape((b, sq, self.heads * self.d_kv))?;
         self.o.forward(&ctx)
@@ -116,7 +136,12 @@ impl T5Block {
             let n = ops::rms_norm(&h, norm, self.eps)?;
             h = h.add(&attn.forward(&n, enc_out, enc_bias)?)?;
         }
-        let n = ops::rms_norm(&h, &self.ff_norm, self.eps)?;
+        self.feed_forward(&h, petl)
+    }
+
+    /// The FFN sub-layer and the injection site: `h + y + A(h + y)`.
+    fn feed_forward(&self, h: &Tensor, petl: &LayerPetl) -> candle_core::Result<Tensor> {
+        let n = ops::rms_norm(h, &self.ff_norm, self.eps)?;
         let y = self
             .wo
             .forward(&ops::activate(&self.wi.forward(&n)?, self.act)?)?;
@@ -126,6 +151,65 @@ impl T5Block {
             Some(a) => z.add(&a),
             None => Ok(z),
         }
+    }
+
+    /// Cross-attention keys and values `[B, H, S, d_kv]` of the encoder output (computed once
+    /// per input by generation). Errors on an encoder block.
+    pub(crate) fn cross_keys_values(&self, enc_out: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (attn, _) = self
+            .cross
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("cross-attention keys of an encoder block".into()))?;
+        Ok(attn.keys_values(enc_out)?)
+    }
+
+    /// One decoder step with a key/value cache: `h [B,1,D]` is the newest position; its
+    /// self-attention keys and values are appended to `cache.self_kv` (`[B, H, t, d_kv]` →
+    /// `[B, H, t+1, d_kv]`) and it attends to all of them with `bias [1, H, 1, t+1]` (no causal
+    /// mask needed: only past positions are cached); cross-attention uses the cached encoder
+    /// keys and values with `enc_bias [B, 1, 1, S]`. The same ops as [`forward`](Self::forward)
+    /// on the last position.
+    pub(crate) fn decode_step(
+        &self,
+        h: &Tensor,
+        bias: &Tensor,
+        cache: &mut LayerCache,
+        enc_bias: &Tensor,
+        petl: &LayerPetl,
+    ) -> Result<Tensor> {
+        let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
+        let (k, v) = self.self_attn.keys_values(&n)?;
+        let (k, v) = match cache.self_kv.take() {
+            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
+            None => (k, v),
+        };
+        let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias)?)?;
+        cache.self_kv = Some((k, v));
+        if let Some((attn, norm)) = &self.cross {
+            let n = ops::rms_norm(&h, norm, self.eps)?;
+            let (ck, cv) = &cache.cross_kv;
+            h = h.add(&attn.attend(&n, ck, cv, enc_bias)?)?;
+        }
+        Ok(self.feed_forward(&h, petl)?)
+    }
+}
+
+/// The key/value cache of one decoder block: self-attention keys and values of every position
+/// so far (grows by one position per step), cross-attention keys and values of the encoder
+/// output (computed once per input).
+#[derive(Debug, Clone)]
+pub(crate) struct LayerCache {
+    pub(crate) self_kv: Option<(Tensor, Tensor)>,
+    pub(crate) cross_kv: (Tensor, Tensor),
+}
+
+impl LayerCache {
+    /// Keep the rows `rows` (beam search: the parent beam of every new beam).
+    pub(crate) fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        if let Some((k, v)) = &self.self_kv {
+            self.self_kv = Some((k.index_select(rows, 0)?, v.index_select(rows, 0)?));
+        }
+        Ok(())
     }
 }
 
@@ -168,15 +252,15 @@ pub fn relative_position_bucket(
 #[derive(Debug, Clone)]
 pub(crate) struct Stacks {
     pub(crate) config: T5Config,
-    shared: Tensor,
+    pub(crate) shared: Tensor,
     enc_bias_table: Tensor,
-    dec_bias_table: Tensor,
+    pub(crate) dec_bias_table: Tensor,
     enc_final: Tensor,
     dec_final: Tensor,
 }
 
 impl Stacks {
-    fn position_bias(
+    pub(crate) fn position_bias(
         &self,
         table: &Tensor,
         q: usize,
@@ -240,7 +324,7 @@ pub(crate) fn load_stacks(ckpt: &T5Checkpoint) -> Result<(Stacks, Vec<T5Block>)>
     Ok((stacks, blocks))
 }
 
-fn embed(shared: &Tensor, ids: &Tensor) -> Result<Tensor> {
+pub(crate) fn embed(shared: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, s) = ids.dims2()?;
     crate::common::check_vocab(ids, shared.dim(0)?)?;
     Ok(shared
@@ -256,6 +340,19 @@ pub(crate) fn forward(
     attention_mask: &Tensor,
     dec_ids: &Tensor,
 ) -> Result<Tensor> {
+    let (enc_out, cross_bias) = encode(st, blocks, petl, ids, attention_mask)?;
+    decode(st, blocks, petl, &enc_out, &cross_bias, dec_ids)
+}
+
+/// The encoder: its output `[B,S,D]` and the additive bias of cross-attention `[B,1,1,S]`
+/// (the padding of `attention_mask`).
+pub(crate) fn encode(
+    st: &Stacks,
+    blocks: &[T5Block],
+    petl: &PetlContext,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let c = &st.config;
     let dev = ids.device();
     if ids.dims() != attention_mask.dims() {
@@ -266,7 +363,6 @@ pub(crate) fn forward(
         )));
     }
     let (b, s) = ids.dims2()?;
-    let t = dec_ids.dim(1)?;
     // padding of the encoder input: the bias of cross-attention, and with the positions the
     // bias of encoder self-attention
     let cross_bias =
@@ -279,6 +375,22 @@ pub(crate) fn forward(
         h = block.forward(&h, &enc_bias, None, petl.layer(l))?;
     }
     let enc_out = ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?;
+    Ok((enc_out, cross_bias))
+}
+
+/// The decoder over all of `dec_ids [B,T]` (causal), attending to `enc_out`: LM logits
+/// `[B,T,V]`.
+pub(crate) fn decode(
+    st: &Stacks,
+    blocks: &[T5Block],
+    petl: &PetlContext,
+    enc_out: &Tensor,
+    cross_bias: &Tensor,
+    dec_ids: &Tensor,
+) -> Result<Tensor> {
+    let c = &st.config;
+    let dev = dec_ids.device();
+    let t = dec_ids.dim(1)?;
     let causal: Vec<f32> = (0..t)
         .flat_map(|i| (0..t).map(move |j| if j > i { -1e9 } else { 0.0 }))
         .collect();
@@ -291,11 +403,18 @@ pub(crate) fn forward(
         h = block.forward(
             &h,
             &dec_bias,
-            Some((&enc_out, &cross_bias)),
+            Some((enc_out, cross_bias)),
             petl.layer(c.num_layers + l),
         )?;
     }
-    let dec_out = ops::rms_norm(&h, &st.dec_final, c.layer_norm_epsilon)?;
+    lm_head(st, &h)
+}
+
+/// Final decoder norm, the tied-embedding scale d_model^-0.5 and the LM head: `h [B,T,D]` →
+/// logits `[B,T,V]`.
+pub(crate) fn lm_head(st: &Stacks, h: &Tensor) -> Result<Tensor> {
+    let c = &st.config;
+    let dec_out = ops::rms_norm(h, &st.dec_final, c.layer_norm_epsilon)?;
     let scaled = (dec_out * (c.d_model as f64).powf(-0.5))?;
     Ok(ops::linear(&scaled, &st.shared, None)?)
 }

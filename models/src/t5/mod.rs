@@ -12,9 +12,10 @@
 //! |---|---|
 //! | `config.rs` | [`T5Config`]: `config.json` keys and defaults, validation, PETL layout, parameter count |
 //! | `checkpoint.rs` | [`T5Checkpoint`] (folder, tensors, random) and [`hf_tensors`], the Hugging Face tensor layout written once: it validates every checkpoint up front and fills random ones |
-//! | `layers.rs` | attention, [`T5Block`] and its injection site, [`relative_position_bucket`], the encoder–decoder forward pass |
+//! | `layers.rs` | attention, [`T5Block`] and its injection site, [`relative_position_bucket`], the encoder–decoder forward pass, the cached decoder step |
+//! | `generate.rs` | [`GenerationConfig`], [`Generator`]: greedy and beam search with a key/value cache (transformers' semantics), [`T5Tokenizer`] |
 //! | `loss.rs` | [`label_smoothed_loss`] |
-//! | `variants.rs` | [`Seq2Seq`], the `#[propetl]` variant types, the variant table, [`spec`], [`build`] |
+//! | `variants.rs` | [`Seq2Seq`], the `#[propetl]` variant types, the plain backbone [`T5Plain`], the variant table, [`spec`], [`build`] |
 //!
 //! ```no_run
 //! use propetl_models::t5::{T5Checkpoint, T5ProAdapter, Seq2Seq};
@@ -34,12 +35,16 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 pub mod layers;
 pub mod loss;
+pub mod text_to_text;
 pub mod variants;
 
 pub use checkpoint::{hf_tensors, T5Checkpoint};
 pub use config::T5Config;
+pub use generate::{until_eos, EarlyStopping, GenerationConfig, Generator, T5Tokenizer};
 pub use layers::{relative_position_bucket, T5Block};
 pub use loss::label_smoothed_loss;
-pub use variants::{build, spec, Seq2Seq, T5Adapter, T5ProAdapter};
+pub use text_to_text::{LabelTarget, T5TextToText, TextTask};
+pub use variants::{build, spec, Seq2Seq, T5Adapter, T5Plain, T5ProAdapter};

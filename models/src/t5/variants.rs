@@ -11,6 +11,7 @@ use propetl_runtime::{
 
 use super::checkpoint::T5Checkpoint;
 use super::config::T5Config;
+use super::generate::{GenerationConfig, Generator};
 use super::layers::{forward, load_stacks, Stacks, T5Block};
 use super::loss::label_smoothed_loss;
 use crate::error::Result;
@@ -30,6 +31,78 @@ pub trait Seq2Seq: ProPetlModel {
     /// The method page §5 loss (label smoothing 0.1, summed, pad ignored).
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         label_smoothed_loss(logits, labels, 0.1, self.config().pad_token_id)
+    }
+    /// Generation with `task`'s PETL context (built once, here).
+    fn generator(&self, task: &str) -> Result<Generator<'_>>;
+    /// Generated ids of every input row for `task` (greedy or beam search, see
+    /// [`generate`](super::generate)); the PETL context is built once per call.
+    fn generate(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        task: &str,
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>> {
+        self.generator(task)?
+            .generate(input_ids, attention_mask, cfg)
+    }
+}
+
+/// The frozen T5 backbone without PETL (a Hugging Face `T5ForConditionalGeneration` as it
+/// is): logits and generation.
+#[derive(Debug, Clone)]
+pub struct T5Plain {
+    stacks: Stacks,
+    blocks: Vec<T5Block>,
+}
+
+impl T5Plain {
+    /// Load the frozen backbone.
+    pub fn from_checkpoint(ckpt: &T5Checkpoint) -> Result<Self> {
+        let (stacks, blocks) = load_stacks(ckpt)?;
+        Ok(Self { stacks, blocks })
+    }
+
+    /// The backbone config.
+    pub fn config(&self) -> &T5Config {
+        &self.stacks.config
+    }
+
+    fn identity(&self) -> propetl_runtime::PetlContext {
+        propetl_runtime::PetlContext::identity(self.blocks.len())
+    }
+
+    /// LM logits `[B, T, V]`.
+    pub fn logits(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+    ) -> Result<Tensor> {
+        forward(
+            &self.stacks,
+            &self.blocks,
+            &self.identity(),
+            ids,
+            attention_mask,
+            decoder_input_ids,
+        )
+    }
+
+    /// Generation with the plain backbone.
+    pub fn generator(&self) -> Generator<'_> {
+        Generator::new(&self.stacks, &self.blocks, self.identity())
+    }
+
+    /// Generated ids of every input row (greedy or beam search, see
+    /// [`generate`](super::generate)).
+    pub fn generate(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>> {
+        self.generator().generate(input_ids, attention_mask, cfg)
     }
 }
 
@@ -60,6 +133,9 @@ macro_rules! t5_variant {
             fn logits(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str) -> Result<Tensor> {
                 let ctx = self.petl_context(task)?;
                 forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids)
+            }
+            fn generator(&self, task: &str) -> Result<Generator<'_>> {
+                Ok(Generator::new(&self.stacks, &self.blocks, self.petl_context(task)?))
             }
         }
     };
@@ -143,6 +219,8 @@ mod tests {
             feed_forward_proj: "relu".into(),
             tie_word_embeddings: true,
             pad_token_id: 0,
+            eos_token_id: 1,
+            decoder_start_token_id: None,
         };
         let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
         let plan = propetl_runtime::Plan::new(&T5ProAdapter::PROPETL, &c.layout(&tasks)).unwrap();
