@@ -371,7 +371,7 @@ fn every_load_error_is_typed() {
         load_kind(&bad, &cfg, &lay),
         LoadErrorKind::UnsupportedVersion {
             found: 99,
-            supported: 1
+            supported: propetl_runtime::io::VERSION
         }
     );
 

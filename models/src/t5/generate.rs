@@ -26,6 +26,22 @@
 //!
 //! With PETL, the task's context (masks binarized once) is built once per [`Generator`]; the
 //! plain backbone uses [`PetlContext::identity`].
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use propetl_models::t5::{GenerationConfig, Seq2Seq, T5Checkpoint, T5Plain, T5Tokenizer};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ckpt = T5Checkpoint::open("t5-small", &Device::Cpu)?;
+//! let tok = T5Tokenizer::from_file("t5-small/tokenizer.json".as_ref(), &ckpt.config)?;
+//! let rows = vec![tok.encode("translate English to German: Hello.", 512)?, tok.encode("hi", 512)?];
+//! let (ids, mask) = tok.batch(&rows, &Device::Cpu)?;
+//! let model = T5Plain::from_checkpoint(&ckpt)?;
+//! for row in model.generate(&ids, &mask, &GenerationConfig::beams(4, 40))? {
+//!     println!("{}", tok.decode(&row)?);
+//! }
+//! // a PETL variant: `variant.generate(&ids, &mask, "sst2", &GenerationConfig::greedy(10))?`
+//! # Ok(()) }
+//! ```
 
 use std::path::Path;
 
@@ -512,7 +528,7 @@ impl<'a> Generator<'a> {
             let mut next_parents = vec![0usize; b * k];
             let mut all_hit = true;
             // generated length with the new token: cur_len + 1 − the prompt (the start token)
-            let len_norm = ((cur_len + 1) as f64).powf(lp) as f32;
+            let len_norm = (cur_len as f64).powf(lp) as f32;
             for (i, row) in beams.iter_mut().enumerate() {
                 let cands =
                     top_continuations(&log_probs[i * k..(i + 1) * k], &row.running_scores, keep);
