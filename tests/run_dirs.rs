@@ -130,11 +130,16 @@ fn a_crashed_run_resumes_bit_identical_to_an_uninterrupted_one() {
     }
     assert_eq!(a.best_epoch, b.best_epoch);
     assert_eq!(a.test, b.test);
-    assert_eq!(
+    let (x, y) = (
         std::fs::read(straight.join(BEST_FILE)).unwrap(),
         std::fs::read(crashed.join(BEST_FILE)).unwrap(),
-        "best state differs"
     );
+    let header = |b: &[u8]| {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        String::from_utf8_lossy(&b[8..8 + n]).to_string()
+    };
+    assert_eq!(header(&x), header(&y), "best state manifests differ");
+    assert!(x == y, "best state tensors differ");
     let lines = |d: &Path| {
         std::fs::read_to_string(d.join("metrics.jsonl"))
             .unwrap()

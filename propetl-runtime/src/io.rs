@@ -281,15 +281,27 @@ impl PetlState {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| PetlError::config(format!("safetensors view: {e}")))?;
-        let bytes = safetensors::tensor::serialize(
-            views,
-            Some(HashMap::from([
-                (MANIFEST_KEY.to_string(), json),
-                (MANIFEST_CHECKSUM_KEY.to_string(), json_crc),
-            ])),
-        )
-        .map_err(|e| PetlError::config(format!("safetensors serialization: {e}")))?;
-        Ok((manifest, bytes))
+        // safetensors writes the metadata from a `HashMap`, in an order that varies from map
+        // to map; equal states must give byte-identical files (a resumed run is compared with
+        // an uninterrupted one byte for byte), so serialize until the order is the canonical
+        // one (the manifest first): each try is an independent coin flip over two keys.
+        let canonical = format!("{{\"__metadata__\":{{\"{MANIFEST_KEY}\":");
+        for _ in 0..64 {
+            let bytes = safetensors::tensor::serialize(
+                views.clone(),
+                Some(HashMap::from([
+                    (MANIFEST_KEY.to_string(), json.clone()),
+                    (MANIFEST_CHECKSUM_KEY.to_string(), json_crc.clone()),
+                ])),
+            )
+            .map_err(|e| PetlError::config(format!("safetensors serialization: {e}")))?;
+            if bytes.get(8..8 + canonical.len()) == Some(canonical.as_bytes()) {
+                return Ok((manifest, bytes));
+            }
+        }
+        Err(PetlError::config(
+            "safetensors serialization: no canonical metadata order after 64 tries",
+        ))
     }
 
     /// Load a state saved by [`PetlState::save`] into a model described by `config` and

@@ -29,7 +29,7 @@
 //!
 //! ```no_run
 //! use candle_core::Device;
-//! use propetl_models::t5::{GenerationConfig, Seq2Seq, T5Checkpoint, T5Plain, T5Tokenizer};
+//! use propetl_models::t5::{GenerationConfig, T5Checkpoint, T5Plain, T5Tokenizer};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ckpt = T5Checkpoint::open("t5-small", &Device::Cpu)?;
 //! let tok = T5Tokenizer::from_file("t5-small/tokenizer.json".as_ref(), &ckpt.config)?;
@@ -39,7 +39,7 @@
 //! for row in model.generate(&ids, &mask, &GenerationConfig::beams(4, 40))? {
 //!     println!("{}", tok.decode(&row)?);
 //! }
-//! // a PETL variant: `variant.generate(&ids, &mask, "sst2", &GenerationConfig::greedy(10))?`
+//! // a PETL variant (`Seq2Seq`): `variant.generate(&ids, &mask, "sst2", &GenerationConfig::greedy(10))?`
 //! # Ok(()) }
 //! ```
 
