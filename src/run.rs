@@ -837,6 +837,11 @@ pub fn example_run(variant: Variant) -> Result<(RunReport, PathBuf)> {
     let out = root
         .join("runs")
         .join(format!("example-{variant}-{}", cfg.task));
-    let report = run(&cfg, &out, &mut crate::train::Silent)?;
+    // an example replaces its own previous run
+    let options = RunOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    let report = run_with(&cfg, &out, options, &mut crate::train::Silent)?;
     Ok((report, out))
 }
