@@ -10,3 +10,4 @@ cargo test --workspace --lib --bins --tests --examples
 cargo test --workspace --doc
 # the examples check their own results (loss goes down, save/load round trip is exact)
 cargo run --example custom_transformer
+cargo run --example pro_adapter_t5_multitask

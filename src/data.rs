@@ -1109,3 +1109,64 @@ pub fn load_vader_movies_checked(path: &Path, skip_bad_rows: bool) -> Result<Dat
     }
     Ok(rows.into_dataset())
 }
+
+/// The text-to-text input of a GLUE example for T5 (method page §5; no task prefix):
+/// CoLA/SST-2 `sentence: …`; MRPC/RTE/STS-B `sentence1: … sentence2: …`; QQP
+/// `question1: … question2: …`; QNLI `question: … sentence: …`; MNLI `premise: … hypothesis: …`.
+pub fn t5_input(task: GlueTask, example: &TextExample) -> String {
+    let (a, b) = match task {
+        GlueTask::Cola | GlueTask::Sst2 => ("sentence", None),
+        GlueTask::Mrpc | GlueTask::Rte | GlueTask::Stsb => ("sentence1", Some("sentence2")),
+        GlueTask::Qqp => ("question1", Some("question2")),
+        GlueTask::Qnli => ("question", Some("sentence")),
+        GlueTask::Mnli => ("premise", Some("hypothesis")),
+    };
+    match (b, &example.text_b) {
+        (Some(b), Some(text_b)) => format!("{a}: {} {b}: {text_b}", example.text_a),
+        _ => format!("{a}: {}", example.text_a),
+    }
+}
+
+/// The text-to-text target of a label for T5: the class index as text ("0", "1", "2"), or for
+/// STS-B the score rounded to one decimal ("3.4").
+pub fn t5_target(task: GlueTask, label: f32) -> String {
+    match task {
+        GlueTask::Stsb => format!("{:.1}", (label * 10.0).round() / 10.0),
+        _ => format!("{}", label as i64),
+    }
+}
+
+#[cfg(test)]
+mod t5_format_tests {
+    use super::*;
+
+    #[test]
+    fn method_page_formats() {
+        let pair = TextExample {
+            text_a: "A man eats.".into(),
+            text_b: Some("Someone eats.".into()),
+            label: 3.45,
+        };
+        assert_eq!(
+            t5_input(GlueTask::Stsb, &pair),
+            "sentence1: A man eats. sentence2: Someone eats."
+        );
+        assert_eq!(
+            t5_input(GlueTask::Mnli, &pair),
+            "premise: A man eats. hypothesis: Someone eats."
+        );
+        assert_eq!(
+            t5_input(GlueTask::Qnli, &pair),
+            "question: A man eats. sentence: Someone eats."
+        );
+        let single = TextExample {
+            text_a: "fine film".into(),
+            text_b: None,
+            label: 1.0,
+        };
+        assert_eq!(t5_input(GlueTask::Sst2, &single), "sentence: fine film");
+        assert_eq!(t5_target(GlueTask::Sst2, 1.0), "1");
+        assert_eq!(t5_target(GlueTask::Stsb, 3.45), "3.5");
+        assert_eq!(t5_target(GlueTask::Stsb, 2.0), "2.0");
+    }
+}

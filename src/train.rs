@@ -483,3 +483,181 @@ fn snapshot(model: &dyn TaskModel, opt: &AdamW, progress: Progress) -> Result<Tr
         extra: serde_json::Value::Null,
     })
 }
+
+/// One task of a multi-task run.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskSplit<'a> {
+    /// The task name (whose masks its batches use).
+    pub task: &'a str,
+    /// Training examples.
+    pub train: &'a [Example],
+    /// Evaluated after every epoch; may be empty.
+    pub eval: &'a [Example],
+    /// The GLUE task, which picks the metrics.
+    pub glue: Option<GlueTask>,
+}
+
+/// One epoch of a multi-task run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiTaskEpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss of each task's batches.
+    pub train_loss: BTreeMap<String, f64>,
+    /// Batches drawn from each task.
+    pub batches: BTreeMap<String, usize>,
+    /// Eval metrics of each task with an eval split.
+    pub eval: BTreeMap<String, Metrics>,
+    /// Seconds spent in the epoch.
+    pub seconds: f64,
+}
+
+/// Sampling probabilities of tasks with `sizes` examples at `temperature` (method page §5):
+/// `p_i ∝ (n_i / N)^(1/T)`; T = 1 samples by size, large T uniformly.
+pub fn temperature_probabilities(sizes: &[usize], temperature: f64) -> Result<Vec<f64>> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!("the sampling temperature must be a finite number > 0, got {temperature}");
+    }
+    let total: usize = sizes.iter().sum();
+    if total == 0 || sizes.contains(&0) {
+        bail!("every task needs training examples (sizes {sizes:?})");
+    }
+    let weights: Vec<f64> = sizes
+        .iter()
+        .map(|&n| (n as f64 / total as f64).powf(1.0 / temperature))
+        .collect();
+    let sum: f64 = weights.iter().sum();
+    Ok(weights.into_iter().map(|w| w / sum).collect())
+}
+
+/// Multi-task training (method page §5): every step trains on one task's batch, the task drawn
+/// with [`temperature_probabilities`]; an epoch has as many steps as all tasks have batches;
+/// each task's batches come from its own length-bucketed shuffle, refilled when used up. After
+/// every epoch each task with an eval split is evaluated with its own masks. The observer sees
+/// every step and an aggregate [`EpochLog`] (mean loss; selection = mean of the tasks').
+/// Reproducible from the seed; not checkpointed (a multi-task run restarts from scratch).
+pub fn train_multi_task(
+    model: &mut dyn TaskModel,
+    tasks: &[TaskSplit],
+    temperature: f64,
+    cfg: &TrainConfig,
+    observer: &mut dyn TrainObserver,
+) -> Result<Vec<MultiTaskEpochLog>> {
+    cfg.validate()?;
+    if tasks.is_empty() {
+        bail!("multi-task training needs at least one task");
+    }
+    let sizes: Vec<usize> = tasks.iter().map(|t| t.train.len()).collect();
+    let probs = temperature_probabilities(&sizes, temperature)?;
+    let steps_per_epoch: usize = sizes.iter().map(|n| n.div_ceil(cfg.batch_size)).sum();
+    let total = steps_per_epoch * cfg.epochs;
+    let groups = model.task_optimizer_groups(&cfg.group_hyper());
+    let mut opt = AdamW::new(groups, Schedule::warmup_ratio(cfg.warmup_ratio, total));
+    let all_vars = opt.vars();
+    let mut rng = PetlRng::seed(cfg.seed);
+    let mut queues: Vec<Vec<Vec<usize>>> = vec![Vec::new(); tasks.len()];
+    let mut logs = Vec::new();
+    observer.on_start(total, cfg.epochs);
+    let result = (|| -> Result<()> {
+        for epoch in 1..=cfg.epochs {
+            let start = std::time::Instant::now();
+            let mut losses: Vec<Vec<f64>> = vec![Vec::new(); tasks.len()];
+            let mut tokens = 0usize;
+            for _ in 0..steps_per_epoch {
+                let r = rng.uniform01();
+                let mut acc = 0.0;
+                let i = probs
+                    .iter()
+                    .position(|p| {
+                        acc += p;
+                        r < acc
+                    })
+                    .unwrap_or(tasks.len() - 1);
+                if queues[i].is_empty() {
+                    queues[i] = length_bucketed_batches(tasks[i].train, cfg.batch_size, &mut rng);
+                    queues[i].reverse();
+                }
+                let chunk = queues[i].pop().expect("refilled");
+                let refs: Vec<&Example> = chunk.iter().map(|&j| &tasks[i].train[j]).collect();
+                let batch = model.collate(&refs, cfg.max_len, tasks[i].task)?;
+                tokens += batch.input_ids.elem_count();
+                let loss = model.loss(&batch, &mut ForwardMode::Train(&mut rng))?;
+                let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                if !l.is_finite() {
+                    return Err(PetlError::NonFiniteLoss(l, opt.steps_taken()).into());
+                }
+                let mut grads = loss.backward()?;
+                clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
+                opt.step(&grads)?;
+                check_finite(&*model, opt.steps_taken())?;
+                losses[i].push(l as f64);
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                observer.on_step(epoch, opt.steps_taken(), l as f64, tokens as f64 / secs);
+            }
+            let mut eval = BTreeMap::new();
+            for t in tasks.iter().filter(|t| !t.eval.is_empty()) {
+                let how = EvalSettings {
+                    batch_size: cfg.batch_size,
+                    max_len: cfg.max_len,
+                    task: t.task,
+                    glue: t.glue,
+                };
+                eval.insert(t.task.to_string(), evaluate(&*model, t.eval, &how)?);
+            }
+            let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+            let all: Vec<f64> = losses.iter().flatten().copied().collect();
+            let selections: Vec<f64> = eval.values().map(|m| m.selection).collect();
+            let log = MultiTaskEpochLog {
+                epoch,
+                train_loss: tasks
+                    .iter()
+                    .zip(&losses)
+                    .filter(|(_, l)| !l.is_empty())
+                    .map(|(t, l)| (t.task.to_string(), mean(l)))
+                    .collect(),
+                batches: tasks
+                    .iter()
+                    .zip(&losses)
+                    .map(|(t, l)| (t.task.to_string(), l.len()))
+                    .collect(),
+                eval,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            let aggregate = EpochLog {
+                epoch,
+                train_loss: mean(&all),
+                step_losses: all,
+                eval: (!selections.is_empty()).then(|| Metrics {
+                    selection: mean(&selections),
+                    ..Default::default()
+                }),
+                seconds: log.seconds,
+                tokens_per_s: tokens as f64 / log.seconds.max(1e-9),
+            };
+            observer.on_epoch(&*model, &aggregate)?;
+            logs.push(log);
+        }
+        Ok(())
+    })();
+    observer.on_finish();
+    result?;
+    Ok(logs)
+}
+
+#[cfg(test)]
+mod multi_task_tests {
+    use super::*;
+
+    #[test]
+    fn temperature_flattens_task_sizes() {
+        let p1 = temperature_probabilities(&[900, 100], 1.0).unwrap();
+        assert!((p1[0] - 0.9).abs() < 1e-12);
+        let p10 = temperature_probabilities(&[900, 100], 10.0).unwrap();
+        // (0.9^0.1, 0.1^0.1) normalized
+        let (a, b) = (0.9f64.powf(0.1), 0.1f64.powf(0.1));
+        assert!((p10[0] - a / (a + b)).abs() < 1e-12);
+        assert!(p10[0] < 0.6 && p10[1] > 0.4);
+        assert!(temperature_probabilities(&[1, 0], 10.0).is_err());
+        assert!(temperature_probabilities(&[1, 1], 0.0).is_err());
+    }
+}

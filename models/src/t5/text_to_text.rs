@@ -3,8 +3,8 @@
 //! Targets are label strings ("0", "1", "2"; STS-B: the score rounded to one decimal) turned
 //! into token ids with their end token; the loss is label-smoothed NLL summed over target
 //! tokens. Prediction generates greedily up to the longest label and compares the output with
-//! every label's token ids: an output that is no label counts as wrong (class −1, or a NaN
-//! score for regression). One model serves many tasks: each batch carries its task, whose
+//! every label's token ids: an output that is no label counts as wrong (method page §5: −1; for
+//! classes an index no class has). One model serves many tasks: each batch carries its task, whose
 //! masks the forward pass uses.
 
 use std::collections::BTreeMap;
@@ -185,7 +185,7 @@ impl TaskModel for T5TextToText {
                 let hit = task.labels.iter().find(|l| until_eos(&l.ids, eos) == out);
                 match task.kind {
                     TaskKind::Regression => Prediction::Score {
-                        score: hit.map_or(f32::NAN, |l| l.value),
+                        score: hit.map_or(-1.0, |l| l.value),
                     },
                     TaskKind::Classification { num_labels } => {
                         let label = hit.map_or(usize::MAX, |l| l.value as usize);
