@@ -4,7 +4,10 @@
 //! - `mask_overhead`: a roberta-base ProAdapter training step (batch 8 × 128) vs the same step
 //!   with the shared prototype unmasked (the `mask = "none"` ablation), and their ratio;
 //! - `train_step`: one training step (forward + backward + clip + AdamW) of each variant at
-//!   roberta-base and MiniLM shapes: seconds/step, tokens/s, peak memory.
+//!   roberta-base and MiniLM shapes: seconds/step, tokens/s, peak memory;
+//! - `t5`: multi-task t5-base (8 tasks) ProAdapter and the unshared adapter: one training step
+//!   (batch 8, source 128, target 32), greedy generation tokens/s (key/value cache), and the
+//!   cost of switching tasks (first use of a task's masks, then cached).
 
 use std::time::Instant;
 
@@ -60,6 +63,18 @@ fn build(variant: Variant, ckpt: &Checkpoint) -> Box<dyn TaskModel> {
 }
 
 impl Step {
+    fn from_batch(model: Box<dyn TaskModel>, batch: Batch) -> Self {
+        let groups = model.task_optimizer_groups(&GroupHyper::default());
+        let opt = AdamW::new(groups, Schedule::Constant);
+        let vars = opt.vars();
+        Self {
+            model,
+            opt,
+            vars,
+            batch,
+        }
+    }
+
     fn new(model: Box<dyn TaskModel>, batch: usize, len: usize, vocab: usize) -> Self {
         let groups = model.task_optimizer_groups(&GroupHyper::default());
         let opt = AdamW::new(groups, Schedule::Constant);
@@ -206,4 +221,115 @@ fn main() {
             }
         }
     }
+    if want("t5") {
+        t5_bench(reps, &dev);
+    }
+}
+
+/// t5-base's shape (method page §5–§6).
+const T5_BASE: &str = r#"{"model_type": "t5", "vocab_size": 32128, "d_model": 768, "d_kv": 64,
+  "d_ff": 3072, "num_layers": 12, "num_heads": 12, "feed_forward_proj": "relu", "pad_token_id": 0}"#;
+
+fn t5_bench(reps: usize, dev: &Device) {
+    use propetl::models::t5::{
+        self, GenerationConfig, T5Checkpoint, T5Config, T5TextToText, TextTask,
+    };
+    use propetl::runtime::{Example, ProPetlModel};
+    let config = T5Config::from_json(T5_BASE).unwrap();
+    let ckpt = T5Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), dev).unwrap();
+    let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
+    let text_tasks = || -> std::collections::BTreeMap<String, TextTask> {
+        tasks
+            .iter()
+            .map(|t| {
+                let labels = (0..2u32)
+                    .map(|i| t5::LabelTarget {
+                        text: i.to_string(),
+                        ids: vec![5 + i, 1],
+                        value: i as f32,
+                    })
+                    .collect();
+                (
+                    t.to_string(),
+                    TextTask {
+                        kind: CLASSES,
+                        labels,
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut rng = PetlRng::seed(3);
+    let (batch, src, tgt) = (8usize, 128usize, 32usize);
+    let examples: Vec<Example> = (0..batch)
+        .map(|_| {
+            let mut ids: Vec<u32> = (0..src - 1).map(|_| 3 + rng.below(32000) as u32).collect();
+            ids.push(1);
+            let mut target_ids: Vec<u32> =
+                (0..tgt - 1).map(|_| 3 + rng.below(32000) as u32).collect();
+            target_ids.push(1);
+            Example {
+                ids,
+                label: 0.0,
+                target_ids,
+            }
+        })
+        .collect();
+    for variant in [Variant::ProAdapter, Variant::Adapter] {
+        let inner = t5::build(
+            variant,
+            &ckpt,
+            &tasks,
+            &NumericOverrides::default(),
+            &VarMap::new(),
+            &mut PetlRng::seed(4),
+        )
+        .unwrap();
+        let model = T5TextToText::new(inner, text_tasks()).unwrap();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let b = model.collate(&refs, src, "sst2").unwrap();
+        let mut step = Step::from_batch(Box::new(model), b);
+        let s = time(reps, || step.run());
+        println!(
+            "{}",
+            json!({"bench": "t5_train_step", "shape": "t5-base", "variant": variant.name(), "tasks": tasks.len(), "batch": batch, "source_len": src, "target_len": tgt, "seconds_per_step": s, "peak_rss_mb": peak_rss_mb()})
+        );
+    }
+    // generation and task switching on the multi-task ProAdapter
+    let inner = t5::build(
+        Variant::ProAdapter,
+        &ckpt,
+        &tasks,
+        &NumericOverrides::default(),
+        &VarMap::new(),
+        &mut PetlRng::seed(4),
+    )
+    .unwrap();
+    let mut model = T5TextToText::new(inner, text_tasks()).unwrap();
+    model.materialize_for_inference().unwrap();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let b = model.collate(&refs, src, "sst2").unwrap();
+    let start = Instant::now();
+    let first = model.petl_context("rte").unwrap();
+    let switch_first = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let again = model.petl_context("rte").unwrap();
+    let switch_cached = start.elapsed().as_secs_f64();
+    assert_eq!(first.len(), again.len());
+    let cfg = GenerationConfig {
+        max_new_tokens: 32,
+        ..Default::default()
+    };
+    let mut tokens = 0usize;
+    let s = time(reps, || {
+        let out = model
+            .inner()
+            .generate(&b.input_ids, &b.attention_mask, "sst2", &cfg)
+            .unwrap();
+        tokens = out.iter().map(|r| t5::until_eos(r, 1).len()).sum();
+    });
+    println!(
+        "{}",
+        json!({"bench": "t5_generate", "shape": "t5-base", "variant": "pro_adapter", "batch": batch, "source_len": src, "max_new_tokens": 32, "generated_tokens": tokens, "seconds": s, "tokens_per_s": tokens as f64 / s, "task_switch_first_ms": switch_first * 1e3, "task_switch_cached_us": switch_cached * 1e6})
+    );
 }
