@@ -281,6 +281,29 @@ pub fn train(
     train_from(model, data, cfg, observer, None)
 }
 
+/// One optimizer step on `batch`: the training loss (dropout from `rng`), a non-finite loss
+/// stops with the step number, backward, clipping, AdamW, then every trainable tensor must be
+/// finite. Returns the loss.
+fn optimizer_step(
+    model: &dyn TaskModel,
+    batch: &propetl_runtime::Batch,
+    opt: &mut AdamW,
+    all_vars: &[candle_core::Var],
+    cfg: &TrainConfig,
+    rng: &mut PetlRng,
+) -> Result<f32> {
+    let loss = model.loss(batch, &mut ForwardMode::Train(rng))?;
+    let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    if !l.is_finite() {
+        return Err(PetlError::NonFiniteLoss(l, opt.steps_taken()).into());
+    }
+    let mut grads = loss.backward()?;
+    clip_grad_norm(&mut grads, all_vars, cfg.max_grad_norm)?;
+    opt.step(&grads)?;
+    check_finite(model, opt.steps_taken())?;
+    Ok(l)
+}
+
 /// Error naming the first trainable tensor holding NaN or infinity.
 pub fn check_finite(model: &dyn TaskModel, step: usize) -> Result<()> {
     for t in model.trainables() {
@@ -398,15 +421,7 @@ pub fn train_from(
                 let refs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
                 let batch = model.collate(&refs, cfg.max_len, task)?;
                 tokens += batch.input_ids.elem_count();
-                let loss = model.loss(&batch, &mut ForwardMode::Train(&mut rng))?;
-                let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-                if !l.is_finite() {
-                    return Err(PetlError::NonFiniteLoss(l, opt.steps_taken()).into());
-                }
-                let mut grads = loss.backward()?;
-                clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
-                opt.step(&grads)?;
-                check_finite(&*model, opt.steps_taken())?;
+                let l = optimizer_step(&*model, &batch, &mut opt, &all_vars, cfg, &mut rng)?;
                 step_losses.push(l as f64);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 observer.on_step(epoch, opt.steps_taken(), l as f64, tokens as f64 / secs);
@@ -581,15 +596,7 @@ pub fn train_multi_task(
                 let refs: Vec<&Example> = chunk.iter().map(|&j| &tasks[i].train[j]).collect();
                 let batch = model.collate(&refs, cfg.max_len, tasks[i].task)?;
                 tokens += batch.input_ids.elem_count();
-                let loss = model.loss(&batch, &mut ForwardMode::Train(&mut rng))?;
-                let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-                if !l.is_finite() {
-                    return Err(PetlError::NonFiniteLoss(l, opt.steps_taken()).into());
-                }
-                let mut grads = loss.backward()?;
-                clip_grad_norm(&mut grads, &all_vars, cfg.max_grad_norm)?;
-                opt.step(&grads)?;
-                check_finite(&*model, opt.steps_taken())?;
+                let l = optimizer_step(&*model, &batch, &mut opt, &all_vars, cfg, &mut rng)?;
                 losses[i].push(l as f64);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 observer.on_step(epoch, opt.steps_taken(), l as f64, tokens as f64 / secs);
