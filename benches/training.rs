@@ -226,16 +226,12 @@ fn main() {
     }
 }
 
-/// t5-base's shape (method page §5–§6).
-const T5_BASE: &str = r#"{"model_type": "t5", "vocab_size": 32128, "d_model": 768, "d_kv": 64,
-  "d_ff": 3072, "num_layers": 12, "num_heads": 12, "feed_forward_proj": "relu", "pad_token_id": 0}"#;
-
 fn t5_bench(reps: usize, dev: &Device) {
     use propetl::models::t5::{
         self, GenerationConfig, T5Checkpoint, T5Config, T5TextToText, TextTask,
     };
     use propetl::runtime::{Example, ProPetlModel};
-    let config = T5Config::from_json(T5_BASE).unwrap();
+    let config = T5Config::t5_base();
     let ckpt = T5Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), dev).unwrap();
     let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
     let text_tasks = || -> std::collections::BTreeMap<String, TextTask> {

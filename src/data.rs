@@ -1168,5 +1168,7 @@ mod t5_format_tests {
         assert_eq!(t5_target(GlueTask::Sst2, 1.0), "1");
         assert_eq!(t5_target(GlueTask::Stsb, 3.45), "3.5");
         assert_eq!(t5_target(GlueTask::Stsb, 2.0), "2.0");
+        assert_eq!(t5_target(GlueTask::Stsb, 3.4499), "3.4");
+        assert_eq!(t5_target(GlueTask::Rte, 1.0), "1");
     }
 }

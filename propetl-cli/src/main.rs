@@ -155,11 +155,6 @@ enum Command {
     },
 }
 
-/// t5-base's config.json (the shape of method page §6).
-const T5_BASE: &str = r#"{"model_type": "t5", "vocab_size": 32128, "d_model": 768, "d_kv": 64,
-  "d_ff": 3072, "num_layers": 12, "num_heads": 12, "relative_attention_num_buckets": 32,
-  "relative_attention_max_distance": 128, "feed_forward_proj": "relu", "pad_token_id": 0}"#;
-
 /// The storage report of a variant on a model shape, and for T5 the marginal cost of one
 /// more task.
 fn storage(
@@ -169,56 +164,65 @@ fn storage(
     tasks: Vec<String>,
     keep: Option<f64>,
 ) -> Result<(StorageReport, Option<f64>)> {
-    let config_json = match (&model_dir, model.as_deref()) {
+    use propetl_models::t5::T5Config;
+    /// The shape a storage report is computed on.
+    enum Shape {
+        Roberta(RobertaConfig),
+        T5(T5Config),
+    }
+    let shape = match (&model_dir, model.as_deref()) {
         (Some(d), _) => {
             let p = d.join("config.json");
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let is_t5 = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .is_some_and(|v| v["model_type"] == "t5");
+            if is_t5 {
+                Shape::T5(T5Config::from_json(&text)?)
+            } else {
+                Shape::Roberta(RobertaConfig::from_json(&text)?)
+            }
         }
-        (None, None | Some("roberta-base")) => String::new(),
-        (None, Some("t5-base")) => T5_BASE.to_string(),
+        (None, None | Some("roberta-base")) => Shape::Roberta(RobertaConfig::roberta_base()),
+        (None, Some("t5-base")) => Shape::T5(T5Config::t5_base()),
         (None, Some(other)) => anyhow::bail!("unknown --model `{other}` (roberta-base, t5-base)"),
     };
-    let is_t5 = serde_json::from_str::<serde_json::Value>(&config_json)
-        .ok()
-        .is_some_and(|v| v["model_type"] == "t5");
     let overrides = NumericOverrides {
         keep,
         ..Default::default()
     };
-    if is_t5 {
-        let config = propetl_models::t5::T5Config::from_json(&config_json)?;
-        let cfg = overrides.apply(&propetl_models::t5::spec(variant)?)?;
-        let tasks: Vec<String> = if tasks.is_empty() {
-            propetl::data::GlueTask::ALL
-                .iter()
-                .map(|t| t.name().to_string())
-                .collect()
-        } else {
-            tasks
-        };
-        let names: Vec<&str> = tasks.iter().map(String::as_str).collect();
-        let report = |names: &[&str]| -> Result<StorageReport> {
-            let plan = Plan::new(&cfg, &config.layout(names))?;
-            Ok(StorageReport::from_plan(
-                &plan,
-                config.backbone_params(),
-                0,
-            )?)
-        };
-        let now = report(&names)?;
-        let mut more = names.clone();
-        more.push("one-more-task");
-        let marginal = report(&more)?.float32_equivalents - now.float32_equivalents;
-        return Ok((now, Some(marginal)));
-    }
+    let config = match shape {
+        Shape::Roberta(c) => c,
+        Shape::T5(config) => {
+            let cfg = overrides.apply(&propetl_models::t5::spec(variant)?)?;
+            let tasks: Vec<String> = if tasks.is_empty() {
+                propetl::data::GlueTask::ALL
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect()
+            } else {
+                tasks
+            };
+            let names: Vec<&str> = tasks.iter().map(String::as_str).collect();
+            let report = |names: &[&str]| -> Result<StorageReport> {
+                let plan = Plan::new(&cfg, &config.layout(names))?;
+                Ok(StorageReport::from_plan(
+                    &plan,
+                    config.backbone_params(),
+                    0,
+                )?)
+            };
+            let now = report(&names)?;
+            let mut more = names.clone();
+            more.push("one-more-task");
+            let marginal = report(&more)?.float32_equivalents - now.float32_equivalents;
+            return Ok((now, Some(marginal)));
+        }
+    };
     if !tasks.is_empty() {
         anyhow::bail!("--tasks applies to multi-task T5 models (--model t5-base)");
     }
-    let config = if config_json.is_empty() {
-        RobertaConfig::roberta_base()
-    } else {
-        RobertaConfig::from_json(&config_json)?
-    };
     let cfg = overrides.apply(&roberta::spec(variant)?)?;
     let plan = Plan::new(&cfg, &config.layout())?;
     Ok((

@@ -89,6 +89,16 @@ pub struct T5Config {
 }
 
 impl T5Config {
+    /// t5-base's shape (the model of method page §5–§6), for storage reports and benchmarks.
+    pub fn t5_base() -> Self {
+        Self::from_json(
+            r#"{"model_type": "t5", "vocab_size": 32128, "d_model": 768, "d_kv": 64,
+                "d_ff": 3072, "num_layers": 12, "num_heads": 12, "feed_forward_proj": "relu",
+                "pad_token_id": 0}"#,
+        )
+        .expect("t5-base's config is valid")
+    }
+
     /// Parse and check config JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
         let c: Self =

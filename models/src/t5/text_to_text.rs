@@ -247,17 +247,6 @@ pub fn score_targets(
         .collect()
 }
 
-/// The target text of a label for a task kind ("1"; regression: one decimal, "3.4").
-pub fn target_text(kind: TaskKind, label: f32) -> String {
-    match kind {
-        TaskKind::Regression => format!("{:.1}", (label * 10.0).round() / 10.0),
-        TaskKind::Classification { .. } => format!("{}", label as i64),
-    }
-}
-
-#[allow(dead_code)]
-fn _assert_object_safe(_: &dyn TaskModel) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,10 +261,5 @@ mod tests {
         assert_eq!(s.len(), 51);
         assert_eq!(s[34].text, "3.4");
         assert!((s[34].value - 3.4).abs() < 1e-6);
-        assert_eq!(target_text(TaskKind::Regression, 3.4499), "3.4");
-        assert_eq!(
-            target_text(TaskKind::Classification { num_labels: 2 }, 1.0),
-            "1"
-        );
     }
 }

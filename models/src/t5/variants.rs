@@ -204,24 +204,7 @@ mod tests {
 
     #[test]
     fn t5_base_storage_matches_method_page() {
-        let c = T5Config {
-            model_type: "t5".into(),
-            vocab_size: 32128,
-            d_model: 768,
-            d_kv: 64,
-            d_ff: 3072,
-            num_layers: 12,
-            num_decoder_layers: None,
-            num_heads: 12,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "relu".into(),
-            tie_word_embeddings: true,
-            pad_token_id: 0,
-            eos_token_id: 1,
-            decoder_start_token_id: None,
-        };
+        let c = T5Config::t5_base();
         let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
         let plan = propetl_runtime::Plan::new(&T5ProAdapter::PROPETL, &c.layout(&tasks)).unwrap();
         let r = propetl_runtime::StorageReport::from_plan(&plan, c.backbone_params(), 0).unwrap();
