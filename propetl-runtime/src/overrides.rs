@@ -1,4 +1,4 @@
-//! Run-time numeric overrides of a compile-time spec (keep ratio, sizes).
+//! Run-time overrides of a compile-time spec (keep ratio, sizes, mask combination).
 //!
 //! Overrides are checked with the attribute's rules (`propetl-vocab`): an override the
 //! attribute would reject, such as `keep` on a configuration without masks, is an error here.
@@ -7,10 +7,11 @@ use propetl_vocab as vocab;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PetlError, Result};
-use crate::spec::{config_error, AdapterSize, Method, PetlConfig};
+use crate::spec::{config_error, AdapterSize, Combine, Method, PetlConfig};
 
-/// Numeric hyper-parameters a run-time (training) configuration may override; the structure
-/// (method, sharing, mask kind, combination) stays what the attribute fixed at compile time.
+/// Hyper-parameters a run-time (training) configuration may override: the numbers, and the
+/// combination of task and layer masks (a choice among equals for `share = "layers+tasks"`);
+/// the structure (method, sharing, mask kind) stays what the attribute fixed at compile time.
 /// Field names are the attribute's keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +32,9 @@ pub struct NumericOverrides {
     pub length: Option<usize>,
     /// Prefix MLP width.
     pub hidden: Option<usize>,
+    /// Combination of task and layer masks (`or`, `and`, `add`; only with
+    /// `share = "layers+tasks"` and binary masks).
+    pub combine: Option<Combine>,
 }
 
 impl NumericOverrides {
@@ -45,6 +49,7 @@ impl NumericOverrides {
             ("alpha", self.alpha.is_some()),
             ("length", self.length.is_some()),
             ("hidden", self.hidden.is_some()),
+            ("combine", self.combine.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -60,7 +65,7 @@ impl NumericOverrides {
         if let Some(key) = self
             .given()
             .into_iter()
-            .find(|k| *k != "keep" && !kind.options().contains(k))
+            .find(|k| !matches!(*k, "keep" | "combine") && !kind.options().contains(k))
         {
             return Err(PetlError::config(format!(
                 "run-time override `{key}` does not apply to {} (its options: {})",
@@ -80,6 +85,20 @@ impl NumericOverrides {
                 )));
             }
             c.keep = k;
+        }
+        if let Some(how) = self.combine {
+            let given = vocab::Structure {
+                combine: Some(how.name()),
+                ..base.structure(false)
+            };
+            if let Some(p) = given.check().into_iter().next() {
+                return Err(PetlError::config(format!(
+                    "run-time override `combine = \"{}\"`: {}",
+                    how.name(),
+                    p.message
+                )));
+            }
+            c.combine = how;
         }
         match &mut c.method {
             Method::Adapter { size, init_std, .. } => {
@@ -179,6 +198,32 @@ mod tests {
             let c = PetlConfig::pro(Method::PREFIX).with_share(share);
             assert_eq!(keep(0.25).apply(&c).unwrap().keep, 0.25);
         }
+    }
+
+    #[test]
+    fn combine_overrides_multi_task_masks_only() {
+        let multi = PetlConfig::pro(Method::ADAPTER).with_share(Share::LayersTasks);
+        for how in [Combine::Or, Combine::And, Combine::Add] {
+            let o = NumericOverrides {
+                combine: Some(how),
+                ..Default::default()
+            };
+            assert_eq!(o.apply(&multi).unwrap().combine, how);
+        }
+        let and = NumericOverrides {
+            combine: Some(Combine::And),
+            ..Default::default()
+        };
+        let e = err(and.apply(&PetlConfig::pro(Method::ADAPTER)));
+        assert!(
+            e.contains("run-time override `combine = \"and\"`: `combine` merges task masks with layer masks and needs share = \"layers+tasks\""),
+            "{e}"
+        );
+        let e = err(and.apply(&PetlConfig::unshared(Method::ADAPTER)));
+        assert!(e.contains("needs share = \"layers+tasks\""), "{e}");
+        // TOML/JSON spelling: the attribute's names
+        let parsed: NumericOverrides = serde_json::from_str(r#"{"combine": "add"}"#).unwrap();
+        assert_eq!(parsed.combine, Some(Combine::Add));
     }
 
     #[test]
