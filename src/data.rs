@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use propetl_runtime::PetlRng;
 
+/// Parquet files as the Hugging Face Hub's datasets store them (GLUE and custom data).
+pub mod parquet_data;
+
 /// One text example: one or two texts and a label (class index, or a score).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextExample {
@@ -209,7 +212,7 @@ impl Rows {
         match row {
             Ok(e) => self.rows.push((line, e)),
             Err(_) if skip_bad_rows => self.skipped += 1,
-            Err(msg) => bail!("{}:{line}: {msg}", path.display()),
+            Err(msg) => bail!("{}: {msg}", parquet_data::position(path, line)),
         }
         Ok(())
     }
@@ -551,6 +554,7 @@ impl GlueTask {
     /// validation into eval/test; large tasks hold 1000 shuffled training examples out as
     /// eval and test on validation (MNLI: matched). `plain = true` uses train/validation as
     /// train/eval and test = eval. [`Splits::skipped`] counts the bad rows of both files.
+    /// Without `train.tsv`, the Hub's parquet layout is read ([`parquet_data`]).
     pub fn splits(
         &self,
         glue_dir: &Path,
@@ -558,18 +562,26 @@ impl GlueTask {
         plain: bool,
         skip_bad_rows: bool,
     ) -> Result<Splits> {
-        let train_ds = self.load(glue_dir, "train.tsv", skip_bad_rows)?;
-        let dev_file = if *self == GlueTask::Mnli {
-            "dev_matched.tsv"
-        } else {
-            "dev.tsv"
-        };
-        let dev_ds = self.load(glue_dir, dev_file, skip_bad_rows)?;
+        let (train_ds, train_src, dev_ds, dev_src) =
+            match self.parquet_train_dev(glue_dir, skip_bad_rows)? {
+                Some(loaded) => loaded,
+                None => {
+                    let dev_file = if *self == GlueTask::Mnli {
+                        "dev_matched.tsv"
+                    } else {
+                        "dev.tsv"
+                    };
+                    let folder = glue_dir.join(self.dir_name());
+                    (
+                        self.load(glue_dir, "train.tsv", skip_bad_rows)?,
+                        folder.join("train.tsv").display().to_string(),
+                        self.load(glue_dir, dev_file, skip_bad_rows)?,
+                        folder.join(dev_file).display().to_string(),
+                    )
+                }
+            };
         let skipped = train_ds.skipped + dev_ds.skipped;
         let (mut train, mut dev) = (train_ds.examples, dev_ds.examples);
-        let folder = glue_dir.join(self.dir_name());
-        let train_src = folder.join("train.tsv").display().to_string();
-        let dev_src = folder.join(dev_file).display().to_string();
         if plain {
             return Ok(Splits {
                 train,
@@ -625,7 +637,7 @@ impl GlueTask {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomData {
-    /// Training file (`.jsonl` or `.csv`).
+    /// Training file (`.jsonl`, `.csv` or `.parquet`).
     pub train: PathBuf,
     /// Validation file.
     pub dev: PathBuf,
@@ -650,7 +662,7 @@ pub struct CustomData {
 impl CustomData {
     /// Check the configuration itself: `labels` (if given) names 2 to [`MAX_CLASSES`]
     /// distinct classes and is not combined with `regression`; the text and label columns
-    /// differ; the files are `.csv` or `.jsonl` (`.json`, `.ndjson`).
+    /// differ; the files are `.csv` or `.jsonl` (`.json`, `.ndjson`) or `.parquet`.
     pub fn check(&self) -> Result<()> {
         if let Some(names) = &self.labels {
             if self.regression {
@@ -751,7 +763,7 @@ impl CustomData {
         }
     }
 
-    /// Load one file (JSONL: one object per line; CSV: header row, RFC 4180 quoting).
+    /// Load one file (JSONL: one object per line; CSV: header row, RFC 4180 quoting; parquet: named columns, rows numbered from 1).
     ///
     /// A bad row is an error `path:line: …` (or skipped and counted): a bad label (numeric
     /// classes: integers below [`MAX_CLASSES`]), an empty text, a JSON text that is not a
@@ -769,6 +781,7 @@ impl CustomData {
         match Format::of(path)? {
             Format::Csv => self.csv_rows(path, &bytes, skip_bad_rows),
             Format::Jsonl => self.jsonl_rows(path, &bytes, skip_bad_rows),
+            Format::Parquet => parquet_data::custom_rows(self, path, bytes, skip_bad_rows),
         }
     }
 
@@ -946,6 +959,7 @@ impl CustomData {
 enum Format {
     Csv,
     Jsonl,
+    Parquet,
 }
 
 impl Format {
@@ -957,8 +971,9 @@ impl Format {
         match ext.as_deref() {
             Some("csv") => Ok(Format::Csv),
             Some("jsonl" | "json" | "ndjson") => Ok(Format::Jsonl),
+            Some("parquet") => Ok(Format::Parquet),
             _ => bail!(
-                "{}: custom data must be `.csv` or `.jsonl` (one JSON object per line)",
+                "{}: custom data must be `.csv` or `.jsonl` (one JSON object per line) or `.parquet`",
                 path.display()
             ),
         }

@@ -86,7 +86,7 @@ impl Predictor {
         }
         let dev = device.unwrap_or(cfg.device).open()?;
         let ckpt = match &cfg.model_dir {
-            Some(d) => Checkpoint::open(d, &dev)?,
+            Some(d) => Checkpoint::open(crate::hub::resolve_model(d)?, &dev)?,
             None => builtin_tiny(&dev)?,
         };
         let mut model = roberta::build(

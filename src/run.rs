@@ -123,8 +123,10 @@ pub struct RunConfig {
     pub task: Task,
     /// `pro_adapter`, `pro_lora`, `pro_prefix`, `adapter`, `lora` or `prefix`.
     pub variant: Variant,
-    /// Hugging Face model folder; absent: the built-in tiny RoBERTa (random weights).
-    #[serde(default)]
+    /// Hugging Face model folder, or a Hub id (`FacebookAI/roberta-base`) resolved through
+    /// the Hugging Face cache ([`crate::hub`]); absent: the built-in tiny RoBERTa (random
+    /// weights). `model = "…"` in TOML is the same key.
+    #[serde(default, alias = "model")]
     pub model_dir: Option<PathBuf>,
     /// GLUE folder (`<dir>/<TASK>/train.tsv`, …) or the folder of the sentiment files.
     #[serde(default)]
@@ -391,7 +393,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     cfg.validate()?;
     let dev = device(cfg)?;
     let ckpt = match &cfg.model_dir {
-        Some(d) => Checkpoint::open(d, &dev)?,
+        Some(d) => Checkpoint::open(crate::hub::resolve_model(d)?, &dev)?,
         None => builtin_tiny(&dev)?,
     };
     let tok = ckpt.tokenizer()?;

@@ -13,8 +13,9 @@ use propetl_runtime::DeviceSpec;
 /// Flags of `propetl generate`.
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// T5 checkpoint folder: config.json, model.safetensors, tokenizer.json.
-    #[arg(long)]
+    /// T5 checkpoint folder (config.json, model.safetensors, tokenizer.json) or a Hugging Face
+    /// Hub id (`google-t5/t5-base`) resolved through the Hugging Face cache.
+    #[arg(long, visible_alias = "model")]
     model_dir: PathBuf,
     /// A T5 run directory whose PETL state to use (not supported yet).
     #[arg(long)]
@@ -55,6 +56,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     }
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(args.num_beams > 0, "--num-beams must be at least 1");
+    let model_dir = propetl::hub::resolve_model(&args.model_dir)?;
     let lines: Vec<String> = match &args.input {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -68,8 +70,8 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             .context("reading standard input")?,
     };
     let device = args.device.open()?;
-    let ckpt = T5Checkpoint::open(&args.model_dir, &device)?;
-    let tok_path = args.model_dir.join("tokenizer.json");
+    let ckpt = T5Checkpoint::open(&model_dir, &device)?;
+    let tok_path = model_dir.join("tokenizer.json");
     anyhow::ensure!(
         tok_path.exists(),
         "{} is missing: generate needs the checkpoint's tokenizer",

@@ -136,7 +136,7 @@ enum Command {
         /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
         #[arg(long, default_value = "pro_adapter")]
         variant: Variant,
-        /// A Hugging Face model folder (its config.json: BERT family or T5).
+        /// A Hugging Face model folder or Hub id (its config.json: BERT family or T5).
         #[arg(long, conflicts_with = "model")]
         model_dir: Option<PathBuf>,
         /// A built-in shape: roberta-base or t5-base (default: roberta-base).
@@ -172,7 +172,7 @@ fn storage(
     }
     let shape = match (&model_dir, model.as_deref()) {
         (Some(d), _) => {
-            let p = d.join("config.json");
+            let p = propetl::hub::resolve_model(d)?.join("config.json");
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             let is_t5 = serde_json::from_str::<serde_json::Value>(&text)
@@ -259,8 +259,9 @@ struct TrainArgs {
     /// Device: cpu, cuda, cuda:N, metal (GPUs need a build with that cargo feature).
     #[arg(long)]
     device: Option<DeviceSpec>,
-    /// Hugging Face model folder (default: built-in tiny RoBERTa).
-    #[arg(long)]
+    /// Hugging Face model folder or Hub id (`FacebookAI/roberta-base`, from the Hugging Face
+    /// cache; default: built-in tiny RoBERTa).
+    #[arg(long, visible_alias = "model")]
     model_dir: Option<PathBuf>,
     /// Data folder (GLUE layout or the sentiment files).
     #[arg(long)]
