@@ -34,6 +34,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod demo;
+pub mod export;
 pub mod hub;
 pub mod metrics;
 pub mod predict;

@@ -1,5 +1,6 @@
 //! `propetl`: the command-line interface (`cargo install --path propetl-cli`).
 
+mod export;
 mod generate;
 mod parity;
 mod progress;
@@ -131,6 +132,9 @@ enum Command {
     /// Generate text with a T5 checkpoint: one input per line (stdin or --input), one JSON
     /// object per line out.
     Generate(generate::GenerateArgs),
+    /// Export a LoRA / ProLoRA run: a PEFT adapter folder (`--format peft`) or a merged
+    /// Hugging Face checkpoint with LoRA folded into the weights (`--format merged`).
+    Export(export::ExportArgs),
     /// Print the storage report of a variant on a model shape (method page §6).
     Storage {
         /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
@@ -583,6 +587,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Generate(args) => generate::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Storage {
             variant,
             model_dir,

@@ -1,0 +1,55 @@
+//! `propetl export RUN_DIR --format peft|merged --out DIR`: a LoRA / ProLoRA run as a PEFT
+//! adapter folder or as a merged Hugging Face checkpoint (the work is `propetl::export`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use propetl::export::{export, ExportFormat, ExportOptions};
+
+/// Arguments of `propetl export`.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The run directory (written by `train`; a `lora` or `pro_lora` run).
+    run: PathBuf,
+    /// `peft`: adapter_config.json + adapter_model.safetensors for PEFT on the base model;
+    /// `merged`: a plain Hugging Face checkpoint with LoRA folded into the weights.
+    #[arg(long)]
+    format: ExportFormat,
+    /// The folder to write (built beside it and renamed into place at the end).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a non-empty --out folder.
+    #[arg(long)]
+    overwrite: bool,
+    /// PEFT's base_model_name_or_path (default: the run's model folder as an absolute path).
+    #[arg(long)]
+    base_model: Option<String>,
+}
+
+/// Run `propetl export`: one line on stdout saying what was written.
+pub fn run(args: &ExportArgs) -> Result<ExitCode> {
+    if args.base_model.is_some() && args.format != ExportFormat::Peft {
+        anyhow::bail!("--base-model is only used by --format peft");
+    }
+    let options = ExportOptions {
+        overwrite: args.overwrite,
+        base_model: args.base_model.clone(),
+    };
+    let s = export(&args.run, args.format, &args.out, &options)?;
+    let what = match s.format {
+        ExportFormat::Peft => "PEFT LoRA adapter",
+        ExportFormat::Merged => "merged Hugging Face checkpoint",
+    };
+    println!(
+        "{what}: {} layers × [{}], r {}, alpha {} ({} tensors) -> {} ({})",
+        s.layers,
+        s.target_modules.join(", "),
+        s.r,
+        s.alpha,
+        s.tensors,
+        s.out.display(),
+        s.files.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
