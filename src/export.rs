@@ -136,6 +136,9 @@ struct LoadedRun {
     model: Box<dyn TaskModel>,
 }
 
+/// The files of an export folder: (file name, bytes).
+type Files = Vec<(String, Vec<u8>)>;
+
 /// One layer's masked LoRA factors of one target.
 struct LoraFactors {
     layer: usize,
@@ -229,7 +232,11 @@ fn load_run(dir: &Path, format: ExportFormat) -> Result<LoadedRun> {
         );
     }
     let dev = Device::Cpu;
-    let model_dir = cfg.resolved_model_dir()?;
+    let model_dir = cfg
+        .model_dir
+        .as_ref()
+        .map(crate::hub::resolve_model)
+        .transpose()?;
     let ckpt = match &model_dir {
         Some(d) => Checkpoint::open(d, &dev)
             .with_context(|| format!("opening the run's model folder {}", d.display()))?,
@@ -374,10 +381,7 @@ fn alpha_json(alpha: f64) -> Value {
 }
 
 /// The files of a PEFT LoRA adapter folder.
-fn peft_files(
-    run: &LoadedRun,
-    base_model: &str,
-) -> Result<(Vec<(String, Vec<u8>)>, ExportSummary)> {
+fn peft_files(run: &LoadedRun, base_model: &str) -> Result<(Files, ExportSummary)> {
     let (factors, r, alpha, targets) = lora_factors(run.model.as_ref())?;
     let mut tensors = BTreeMap::new();
     for f in &factors {
@@ -442,7 +446,7 @@ fn peft_files(
 }
 
 /// The files of a merged Hugging Face checkpoint.
-fn merged_files(run: &LoadedRun) -> Result<(Vec<(String, Vec<u8>)>, ExportSummary)> {
+fn merged_files(run: &LoadedRun) -> Result<(Files, ExportSummary)> {
     let (factors, r, alpha, targets) = lora_factors(run.model.as_ref())?;
     let ckpt = &run.ckpt;
     let vb = ckpt.backbone();
