@@ -39,6 +39,7 @@ pub mod hub;
 pub mod metrics;
 pub mod predict;
 pub mod run;
+pub mod text_to_text;
 pub mod train;
 
 pub use run::{RunConfig, RunReport, Task};

@@ -104,19 +104,39 @@ pub fn spearman(x: &[f32], y: &[f32]) -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Accuracy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "nan_as_null::deserialize_some"
+    )]
     pub accuracy: Option<f64>,
     /// Binary F1 of the positive class.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "nan_as_null::deserialize_some"
+    )]
     pub f1: Option<f64>,
     /// Matthews correlation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "nan_as_null::deserialize_some"
+    )]
     pub mcc: Option<f64>,
     /// Pearson correlation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "nan_as_null::deserialize_some"
+    )]
     pub pearson: Option<f64>,
     /// Spearman correlation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "nan_as_null::deserialize_some"
+    )]
     pub spearman: Option<f64>,
     /// The model-selection number.
     #[serde(with = "nan_as_null")]
@@ -136,6 +156,11 @@ mod nan_as_null {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    /// A metric that is present: `null` is NaN (an absent metric is `None` by `default`).
+    pub fn deserialize_some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        deserialize(d).map(Some)
     }
 }
 

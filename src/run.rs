@@ -29,9 +29,10 @@ use crate::checkpoint::TrainCheckpoint;
 use crate::data::{self, CustomData, GlueTask, Splits, TextExample};
 use crate::metrics::Metrics;
 use crate::predict::TaskInfo;
+use crate::text_to_text::{TaskAnswers, ANSWERS_FILE};
 use crate::train::{
-    evaluate, set_trainable_values, train_from, trainable_values, EpochLog, EvalSettings,
-    TrainConfig, TrainData, TrainObserver,
+    evaluate, set_trainable_values, train_from, train_multi_task, trainable_values, EpochLog,
+    EvalSettings, TaskSplit, TrainConfig, TrainData, TrainObserver,
 };
 
 /// What a run trains on.
@@ -46,6 +47,9 @@ pub enum Task {
     VaderMovies,
     /// A JSONL/CSV dataset described by the `[custom]` section.
     Custom,
+    /// Multi-task GLUE (method page §5): the tasks of `tasks` (default: all eight) trained
+    /// together, one task mask each; needs a text-to-text (T5) model.
+    GlueMulti,
 }
 
 impl Task {
@@ -56,6 +60,7 @@ impl Task {
             Task::RottenTomatoes => "rotten-tomatoes",
             Task::VaderMovies => "vader-movies",
             Task::Custom => "custom",
+            Task::GlueMulti => "glue",
         }
     }
 
@@ -81,9 +86,10 @@ impl FromStr for Task {
             "rotten-tomatoes" => Task::RottenTomatoes,
             "vader-movies" => Task::VaderMovies,
             "custom" => Task::Custom,
+            "glue" => Task::GlueMulti,
             other => Task::Glue(GlueTask::parse(other).map_err(|_| {
                 anyhow::anyhow!(
-                    "unknown task `{other}` (a GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; or rotten-tomatoes, vader-movies, custom)"
+                    "unknown task `{other}` (a GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; glue (multi-task, T5); or rotten-tomatoes, vader-movies, custom)"
                 )
             })?),
         })
@@ -158,6 +164,22 @@ pub struct RunConfig {
     /// A custom JSONL/CSV dataset (task = "custom").
     #[serde(default)]
     pub custom: Option<CustomData>,
+    /// The tasks of a multi-task run (`task = "glue"`; empty: all eight GLUE tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<GlueTask>,
+    /// Multi-task runs: each batch is one task, drawn with probability ∝ (n_i/N)^(1/T) at
+    /// this temperature (method page §5: 10, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_temperature: Option<f64>,
+}
+
+/// What kind of backbone a run's model is (from its `config.json` `model_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// An encoder with a classification/regression head (RoBERTa, BERT).
+    Encoder,
+    /// An encoder–decoder that answers in text (T5): labels are target strings.
+    TextToText,
 }
 
 impl RunConfig {
@@ -177,6 +199,44 @@ impl RunConfig {
             epochs_from_task: false,
             petl: NumericOverrides::default(),
             custom: None,
+            tasks: Vec::new(),
+            sampling_temperature: None,
+        }
+    }
+
+    /// The model folder, a Hub id resolved through the Hugging Face cache; `None`: the
+    /// built-in tiny RoBERTa.
+    pub fn resolved_model_dir(&self) -> Result<Option<PathBuf>> {
+        self.model_dir
+            .as_ref()
+            .map(crate::hub::resolve_model)
+            .transpose()
+    }
+
+    /// The backbone family: `model_type = "t5"` in the model's `config.json` is
+    /// [`ModelFamily::TextToText`], anything else (or no model) an encoder, whose loader
+    /// reports what it cannot read.
+    pub fn model_family(&self) -> Result<ModelFamily> {
+        let Some(dir) = self.resolved_model_dir()? else {
+            return Ok(ModelFamily::Encoder);
+        };
+        let model_type = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["model_type"].as_str().map(str::to_owned));
+        Ok(match model_type.as_deref() {
+            Some("t5") => ModelFamily::TextToText,
+            _ => ModelFamily::Encoder,
+        })
+    }
+
+    /// The tasks this run trains: `task`, or for `task = "glue"` the `tasks` list (default:
+    /// all eight GLUE tasks).
+    pub fn run_tasks(&self) -> Vec<Task> {
+        match (self.task, self.tasks.is_empty()) {
+            (Task::GlueMulti, true) => GlueTask::ALL.into_iter().map(Task::Glue).collect(),
+            (Task::GlueMulti, false) => self.tasks.iter().copied().map(Task::Glue).collect(),
+            (task, _) => vec![task],
         }
     }
 
@@ -201,8 +261,33 @@ impl RunConfig {
                 self.task
             );
         }
-        roberta::spec(self.variant)
-            .and_then(|spec| Ok(self.petl.apply(&spec)?))
+        if !self.tasks.is_empty() && self.task != Task::GlueMulti {
+            bail!(
+                "`tasks` lists the tasks of a multi-task run and needs task = \"glue\" (task is `{}`)",
+                self.task
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(t) = self.tasks.iter().find(|t| !seen.insert(**t)) {
+            bail!("`tasks` lists `{}` twice", t.name());
+        }
+        if let Some(t) = self.sampling_temperature {
+            if !(t.is_finite() && t > 0.0) {
+                bail!("sampling_temperature must be a finite number > 0, got {t}");
+            }
+            if self.task != Task::GlueMulti {
+                bail!("sampling_temperature applies to multi-task runs (task = \"glue\") only");
+            }
+        }
+        let family = self.model_family()?;
+        if self.task == Task::GlueMulti && family != ModelFamily::TextToText {
+            bail!("task = \"glue\" trains the GLUE tasks together as text-to-text and needs a T5 model (model_dir with model_type \"t5\"); for an encoder train one task at a time");
+        }
+        let spec = match family {
+            ModelFamily::Encoder => roberta::spec(self.variant),
+            ModelFamily::TextToText => propetl_models::t5::spec(self.variant),
+        };
+        spec.and_then(|spec| Ok(self.petl.apply(&spec)?))
             .with_context(|| format!("[petl] overrides of variant `{}`", self.variant))?;
         Ok(())
     }
@@ -239,6 +324,24 @@ pub struct RunReport {
     pub wall_seconds: f64,
     /// Per-epoch logs.
     pub epochs: Vec<EpochLog>,
+    /// Multi-task runs: each task's eval (best epoch) and test metrics and its examples per
+    /// split; `eval`/`test` above then hold the mean of the tasks' selection metrics.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskScores>,
+    /// Multi-task runs over all eight GLUE tasks: the mean of the 11 test numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glue_average: Option<f64>,
+}
+
+/// One task's scores in a multi-task run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScores {
+    /// Eval metrics of the best epoch.
+    pub eval: Metrics,
+    /// Test metrics of the best state.
+    pub test: Metrics,
+    /// Examples per split.
+    pub sizes: SplitSizes,
 }
 
 /// Examples per split.
@@ -266,24 +369,27 @@ pub fn builtin_tiny(device: &Device) -> Result<Checkpoint> {
     )?)
 }
 
-struct TaskData {
-    splits: Splits,
-    kind: TaskKind,
-    skipped: usize,
+pub(crate) struct TaskData {
+    pub(crate) splits: Splits,
+    pub(crate) kind: TaskKind,
+    pub(crate) skipped: usize,
 }
 
-fn load_task(cfg: &RunConfig) -> Result<TaskData> {
+/// Load, split and check one task's data (`task` is `cfg.task` or one task of a multi-task
+/// run); `max_train_examples`/`max_eval_examples` applied.
+fn load_task(cfg: &RunConfig, task: Task) -> Result<TaskData> {
     let data_dir = || {
         cfg.data_dir
             .clone()
-            .with_context(|| format!("task `{}` needs --data-dir", cfg.task))
+            .with_context(|| format!("task `{task}` needs --data-dir"))
     };
     let kind_of = |num_labels: usize| match num_labels {
         1 => TaskKind::Regression,
         n => TaskKind::Classification { num_labels: n },
     };
     let seed = cfg.train.seed;
-    let (splits, kind) = match cfg.task {
+    let (mut splits, kind) = match task {
+        Task::GlueMulti => bail!("task = \"glue\" is loaded one GLUE task at a time"),
         Task::RottenTomatoes => {
             let path = data_dir()?.join("rotten_tomatoes_corpus_full.csv");
             let ds = data::load_rotten_tomatoes_checked(&path, cfg.skip_bad_rows)?;
@@ -323,6 +429,14 @@ fn load_task(cfg: &RunConfig) -> Result<TaskData> {
         TaskKind::Regression => (1, true),
     };
     data::check_labels(&splits, classes, regression)?;
+    if let Some(n) = cfg.max_train_examples {
+        PetlRng::seed(cfg.train.seed).shuffle(&mut splits.train);
+        splits.train.truncate(n);
+    }
+    if let Some(n) = cfg.max_eval_examples {
+        splits.eval.truncate(n);
+        splits.test.truncate(n);
+    }
     Ok(TaskData {
         skipped: splits.skipped,
         splits,
@@ -345,26 +459,61 @@ fn tokenize(
         .collect()
 }
 
+/// One task's tokenized splits.
+pub struct TaskExamples {
+    /// The task.
+    pub task: Task,
+    /// The PETL task whose masks its batches use (`default` for encoder runs, the task's
+    /// name in text-to-text runs).
+    pub petl_task: String,
+    /// Classification or regression.
+    pub kind: TaskKind,
+    /// Training split.
+    pub train: Vec<Example>,
+    /// Eval (model selection) split.
+    pub eval: Vec<Example>,
+    /// Test split.
+    pub test: Vec<Example>,
+}
+
+impl TaskExamples {
+    /// How to evaluate this task.
+    pub fn eval_settings<'a>(&'a self, cfg: &RunConfig) -> EvalSettings<'a> {
+        EvalSettings {
+            batch_size: cfg.train.batch_size,
+            max_len: cfg.train.max_len,
+            task: &self.petl_task,
+            glue: self.task.glue(),
+        }
+    }
+
+    fn sizes(&self) -> SplitSizes {
+        SplitSizes {
+            train: self.train.len(),
+            eval: self.eval.len(),
+            test: self.test.len(),
+        }
+    }
+}
+
 /// A model with everything a run needs.
 pub struct Prepared {
     /// The model (every trainable tensor is reachable through it).
     pub model: Box<dyn TaskModel>,
-    /// Tokenized training split.
-    pub train: Vec<Example>,
-    /// Eval split.
-    pub eval: Vec<Example>,
-    /// Test split.
-    pub test: Vec<Example>,
+    /// Every task's examples (one for single-task runs).
+    pub tasks: Vec<TaskExamples>,
     /// Rows skipped.
     pub skipped: usize,
+    /// Text-to-text runs: what each task answers (empty for encoder runs).
+    pub answers: BTreeMap<String, TaskAnswers>,
 }
 
 /// Class names of a task in index order (empty for regression).
-pub fn label_names(cfg: &RunConfig, kind: TaskKind) -> Vec<String> {
+pub fn label_names(cfg: &RunConfig, task: Task, kind: TaskKind) -> Vec<String> {
     let TaskKind::Classification { num_labels } = kind else {
         return Vec::new();
     };
-    let named: &[&str] = match cfg.task {
+    let named: &[&str] = match task {
         Task::Glue(GlueTask::Cola) => &["unacceptable", "acceptable"],
         Task::Glue(GlueTask::Sst2) => &["negative", "positive"],
         Task::Glue(GlueTask::Mrpc) => &["not_equivalent", "equivalent"],
@@ -388,25 +537,25 @@ pub fn device(cfg: &RunConfig) -> Result<Device> {
     Ok(cfg.device.open()?)
 }
 
-/// Load model and data for a configuration.
+/// Load model and data for a configuration: every value and every data row is checked, and
+/// the model built, before anything is written.
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     cfg.validate()?;
     let dev = device(cfg)?;
-    let ckpt = match &cfg.model_dir {
-        Some(d) => Checkpoint::open(crate::hub::resolve_model(d)?, &dev)?,
+    if cfg.model_family()? == ModelFamily::TextToText {
+        let data = cfg
+            .run_tasks()
+            .into_iter()
+            .map(|t| Ok((t, load_task(cfg, t)?)))
+            .collect::<Result<Vec<_>>>()?;
+        return crate::text_to_text::prepare(cfg, data, &dev);
+    }
+    let ckpt = match cfg.resolved_model_dir()? {
+        Some(d) => Checkpoint::open(d, &dev)?,
         None => builtin_tiny(&dev)?,
     };
     let tok = ckpt.tokenizer()?;
-    let mut data = load_task(cfg)?;
-    let mut rng = PetlRng::seed(cfg.train.seed);
-    if let Some(n) = cfg.max_train_examples {
-        rng.shuffle(&mut data.splits.train);
-        data.splits.train.truncate(n);
-    }
-    if let Some(n) = cfg.max_eval_examples {
-        data.splits.eval.truncate(n);
-        data.splits.test.truncate(n);
-    }
+    let data = load_task(cfg, cfg.task)?;
     let model = roberta::build(
         cfg.variant,
         &ckpt,
@@ -417,21 +566,17 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     )?;
     Ok(Prepared {
         model,
-        train: tokenize(&tok, &data.splits.train)?,
-        eval: tokenize(&tok, &data.splits.eval)?,
-        test: tokenize(&tok, &data.splits.test)?,
+        tasks: vec![TaskExamples {
+            task: cfg.task,
+            petl_task: "default".into(),
+            kind: data.kind,
+            train: tokenize(&tok, &data.splits.train)?,
+            eval: tokenize(&tok, &data.splits.eval)?,
+            test: tokenize(&tok, &data.splits.test)?,
+        }],
         skipped: data.skipped,
+        answers: BTreeMap::new(),
     })
-}
-
-/// The evaluation settings of a configuration.
-pub fn eval_settings(cfg: &RunConfig) -> EvalSettings<'static> {
-    EvalSettings {
-        batch_size: cfg.train.batch_size,
-        max_len: cfg.train.max_len,
-        task: "default",
-        glue: cfg.task.glue(),
-    }
 }
 
 /// Keeps the best epoch's state, appends each epoch to `metrics.jsonl`, writes training
@@ -441,6 +586,9 @@ struct RunObserver<'a> {
     dir: PathBuf,
     best: Option<BestEpoch>,
     best_values: BTreeMap<String, Tensor>,
+    /// Every epoch's log (multi-task runs write them; single-task runs keep them in the
+    /// checkpoint).
+    logs: Vec<EpochLog>,
     /// Test hook: fail right after this epoch's checkpoint (a crash, without a sleep or kill).
     fail_after_epoch: Option<usize>,
 }
@@ -481,6 +629,7 @@ impl TrainObserver for RunObserver<'_> {
             });
             self.best_values = trainable_values(model)?;
         }
+        self.logs.push(log.clone());
         self.inner.on_epoch(model, log)
     }
     fn wants_checkpoints(&self) -> bool {
@@ -704,47 +853,65 @@ fn train_in(
 ) -> Result<RunReport> {
     let Prepared {
         mut model,
-        train: tr,
-        eval,
-        test,
+        tasks,
         skipped,
+        answers,
     } = prepared;
     if resume.is_none() {
         atomic_write(
             &dir.join("config.toml"),
             toml::to_string_pretty(cfg)?.as_bytes(),
         )?;
-        let info = TaskInfo {
-            kind: model.task_kind(),
-            labels: label_names(cfg, model.task_kind()),
-        };
-        atomic_write(
-            &dir.join("task.json"),
-            serde_json::to_string_pretty(&info)?.as_bytes(),
-        )?;
+        write_task_info(cfg, dir, &tasks)?;
+        if !answers.is_empty() {
+            atomic_write(
+                &dir.join(ANSWERS_FILE),
+                serde_json::to_string_pretty(&answers)?.as_bytes(),
+            )?;
+        }
     }
     let mut train_cfg = cfg.train.clone();
     if let (true, Some(t)) = (cfg.epochs_from_task, cfg.task.glue()) {
         train_cfg.epochs = t.paper_epochs();
     }
-    tracing::info!(
-        train = tr.len(),
-        eval = eval.len(),
-        test = test.len(),
-        "data ready"
-    );
-    let data = TrainData {
-        train: &tr,
-        eval: &eval,
-        task: "default",
-        glue: cfg.task.glue(),
-    };
+    for t in &tasks {
+        tracing::info!(
+            task = t.task.name(),
+            train = t.train.len(),
+            eval = t.eval.len(),
+            test = t.test.len(),
+            "data ready"
+        );
+    }
     let mut run_observer = RunObserver {
         inner: observer,
         dir: dir.to_path_buf(),
         best: None,
         best_values: BTreeMap::new(),
+        logs: Vec::new(),
         fail_after_epoch: options.fail_after_epoch,
+    };
+    if cfg.task == Task::GlueMulti {
+        if resume.is_some() {
+            bail!("{}: multi-task runs are not checkpointed, so they cannot be resumed; start again with --overwrite", dir.display());
+        }
+        return train_multi_in(
+            cfg,
+            dir,
+            model,
+            &tasks,
+            skipped,
+            &train_cfg,
+            run_observer,
+            start,
+        );
+    }
+    let task = tasks.first().context("a run has one task")?;
+    let data = TrainData {
+        train: &task.train,
+        eval: &task.eval,
+        task: &task.petl_task,
+        glue: task.task.glue(),
     };
     if let Some(ckpt) = &resume {
         run_observer.best = serde_json::from_value(ckpt.extra.clone())
@@ -762,7 +929,7 @@ fn train_in(
     let epochs = train_from(model.as_mut(), &data, &train_cfg, &mut run_observer, resume)?;
     let best = run_observer.best.context("no epoch was run")?;
     model.restore(&dir.join(BEST_FILE))?;
-    let test_scores = evaluate(model.as_ref(), &test, &eval_settings(cfg))?;
+    let test_scores = evaluate(model.as_ref(), &task.test, &task.eval_settings(cfg))?;
     let report = RunReport {
         task: cfg.task,
         variant: cfg.variant,
@@ -770,14 +937,12 @@ fn train_in(
         eval: best.eval,
         test: test_scores,
         storage: model.storage()?,
-        sizes: SplitSizes {
-            train: tr.len(),
-            eval: eval.len(),
-            test: test.len(),
-        },
+        sizes: task.sizes(),
         skipped_rows: skipped,
         wall_seconds: start.elapsed().as_secs_f64(),
         epochs,
+        tasks: BTreeMap::new(),
+        glue_average: None,
     };
     atomic_write(
         &dir.join("report.json"),
@@ -786,21 +951,171 @@ fn train_in(
     Ok(report)
 }
 
-/// Restore the best state of a run directory and evaluate it on `split` (`test` or `eval`).
+/// `task.json` (single-task runs: what `predict` answers) or `tasks.json` (multi-task runs:
+/// the same per task).
+fn write_task_info(cfg: &RunConfig, dir: &Path, tasks: &[TaskExamples]) -> Result<()> {
+    let info = |t: &TaskExamples| TaskInfo {
+        kind: t.kind,
+        labels: label_names(cfg, t.task, t.kind),
+    };
+    if cfg.task == Task::GlueMulti {
+        let all: BTreeMap<&str, TaskInfo> = tasks
+            .iter()
+            .map(|t| (t.petl_task.as_str(), info(t)))
+            .collect();
+        atomic_write(
+            &dir.join(TASKS_INFO_FILE),
+            serde_json::to_string_pretty(&all)?.as_bytes(),
+        )?;
+    } else if let Some(t) = tasks.first() {
+        atomic_write(
+            &dir.join("task.json"),
+            serde_json::to_string_pretty(&info(t))?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Per-task metrics of every epoch of a multi-task run (one JSON object per epoch).
+pub const TASK_METRICS_FILE: &str = "task_metrics.jsonl";
+/// What each task of a multi-task run predicts.
+pub const TASKS_INFO_FILE: &str = "tasks.json";
+
+/// A multi-task run (method page §5): temperature-sampled single-task batches, every task
+/// evaluated after every epoch, the epoch with the best mean selection metric kept, every
+/// task tested on its best state; per-task epochs in [`TASK_METRICS_FILE`].
+#[allow(clippy::too_many_arguments)]
+fn train_multi_in(
+    cfg: &RunConfig,
+    dir: &Path,
+    mut model: Box<dyn TaskModel>,
+    tasks: &[TaskExamples],
+    skipped: usize,
+    train_cfg: &TrainConfig,
+    mut observer: RunObserver,
+    start: std::time::Instant,
+) -> Result<RunReport> {
+    let splits: Vec<TaskSplit> = tasks
+        .iter()
+        .map(|t| TaskSplit {
+            task: &t.petl_task,
+            train: &t.train,
+            eval: &t.eval,
+            glue: t.task.glue(),
+        })
+        .collect();
+    let temperature = cfg.sampling_temperature.unwrap_or(DEFAULT_TEMPERATURE);
+    let logs = train_multi_task(
+        model.as_mut(),
+        &splits,
+        temperature,
+        train_cfg,
+        &mut observer,
+    )?;
+    let best = observer.best.clone().context("no epoch was run")?;
+    set_trainable_values(model.as_ref(), &observer.best_values)?;
+    model.save(&dir.join(BEST_FILE))?;
+    write_metrics(dir, &observer.logs)?;
+    let mut text = String::new();
+    for log in &logs {
+        text += &serde_json::to_string(log)?;
+        text.push('\n');
+    }
+    atomic_write(&dir.join(TASK_METRICS_FILE), text.as_bytes())?;
+    let best_log = logs
+        .get(best.epoch - 1)
+        .context("the best epoch has no log")?;
+    let mut scores = BTreeMap::new();
+    for t in tasks {
+        let test = evaluate(model.as_ref(), &t.test, &t.eval_settings(cfg))?;
+        scores.insert(
+            t.petl_task.clone(),
+            TaskScores {
+                eval: best_log.eval.get(&t.petl_task).cloned().unwrap_or_default(),
+                test,
+                sizes: t.sizes(),
+            },
+        );
+    }
+    let by_glue: BTreeMap<GlueTask, Metrics> = tasks
+        .iter()
+        .filter_map(|t| Some((t.task.glue()?, scores[&t.petl_task].test.clone())))
+        .collect();
+    let mean_selection =
+        scores.values().map(|s| s.test.selection).sum::<f64>() / scores.len().max(1) as f64;
+    let total = |f: fn(&SplitSizes) -> usize| scores.values().map(|s| f(&s.sizes)).sum();
+    let report = RunReport {
+        task: cfg.task,
+        variant: cfg.variant,
+        best_epoch: best.epoch,
+        eval: best.eval,
+        test: Metrics {
+            selection: mean_selection,
+            ..Default::default()
+        },
+        storage: model.storage()?,
+        sizes: SplitSizes {
+            train: total(|s| s.train),
+            eval: total(|s| s.eval),
+            test: total(|s| s.test),
+        },
+        skipped_rows: skipped,
+        wall_seconds: start.elapsed().as_secs_f64(),
+        epochs: observer.logs.clone(),
+        glue_average: crate::metrics::glue_average(&by_glue),
+        tasks: scores,
+    };
+    atomic_write(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
+}
+
+/// Method page §5's task-sampling temperature.
+pub const DEFAULT_TEMPERATURE: f64 = 10.0;
+
+/// Restore the best state of a run directory and evaluate it on `split` (`test` or `eval`);
+/// a multi-task run's selection metric is the mean of its tasks' (see [`evaluate_run_tasks`]).
 pub fn evaluate_run(dir: &Path, split: &str) -> Result<Metrics> {
+    let scores = evaluate_run_tasks(dir, split)?;
+    if scores.len() == 1 {
+        return Ok(scores.into_values().next().expect("one task"));
+    }
+    let mean = scores.values().map(|m| m.selection).sum::<f64>() / scores.len() as f64;
+    Ok(Metrics {
+        selection: mean,
+        ..Default::default()
+    })
+}
+
+/// Restore the best state of a run directory and evaluate every task of it on `split`
+/// (`test` or `eval`); keyed by PETL task name (`default` for encoder runs).
+pub fn evaluate_run_tasks(dir: &Path, split: &str) -> Result<BTreeMap<String, Metrics>> {
     if !matches!(split, "test" | "eval") {
         bail!("unknown split `{split}` (test or eval)");
     }
     let cfg = RunConfig::from_toml_file(&dir.join("config.toml"))
         .with_context(|| format!("is {} a run directory?", dir.display()))?;
+    let best = dir.join(BEST_FILE);
+    if !best.exists() {
+        bail!(
+            "{} has no {BEST_FILE} (no epoch finished): nothing to evaluate",
+            dir.display()
+        );
+    }
     let mut p = prepare(&cfg)?;
-    p.model.restore(&dir.join("best.safetensors"))?;
-    let data = match split {
-        "test" => &p.test,
-        "eval" => &p.eval,
-        other => bail!("unknown split `{other}` (test or eval)"),
-    };
-    evaluate(p.model.as_ref(), data, &eval_settings(&cfg))
+    p.model.restore(&best)?;
+    p.tasks
+        .iter()
+        .map(|t| {
+            let data = if split == "test" { &t.test } else { &t.eval };
+            Ok((
+                t.petl_task.clone(),
+                evaluate(p.model.as_ref(), data, &t.eval_settings(&cfg))?,
+            ))
+        })
+        .collect()
 }
 
 /// Shared `main` of the paper-variant examples: `cargo run --release --example

@@ -39,6 +39,8 @@ pub struct TrainConfig {
     pub mask_weight_decay: f64,
     /// Fraction of steps used for linear warmup.
     pub warmup_ratio: f64,
+    /// Linear warmup over this many steps instead of `warmup_ratio` (method page §5: 500).
+    pub warmup_steps: Option<usize>,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
     /// Seed of init, dropout and shuffling.
@@ -61,6 +63,7 @@ impl Default for TrainConfig {
             weight_decay: 0.1,
             mask_weight_decay: 0.1,
             warmup_ratio: 0.1,
+            warmup_steps: None,
             max_grad_norm: 1.0,
             seed: 42,
             progress: true,
@@ -115,6 +118,18 @@ impl TrainConfig {
             bail!("train.checkpoint_every_steps must be at least 1 when given, got 0");
         }
         Ok(())
+    }
+
+    /// The learning-rate schedule of a run of `total_steps`: linear warmup (`warmup_steps`,
+    /// else `warmup_ratio` of the steps, capped at the total), then linear decay to 0.
+    pub fn schedule(&self, total_steps: usize) -> Schedule {
+        match self.warmup_steps {
+            Some(w) => Schedule::LinearWarmupDecay {
+                warmup_steps: w.min(total_steps),
+                total_steps,
+            },
+            None => Schedule::warmup_ratio(self.warmup_ratio, total_steps),
+        }
     }
 
     /// The learning rates and weight decays of the three optimizer groups.
@@ -388,7 +403,7 @@ pub fn train_from(
     let groups = model.task_optimizer_groups(&cfg.group_hyper());
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
-    let mut opt = AdamW::new(groups, Schedule::warmup_ratio(cfg.warmup_ratio, total));
+    let mut opt = AdamW::new(groups, cfg.schedule(total));
     let all_vars = opt.vars();
     let mut rng = PetlRng::seed(cfg.seed);
     let mut logs = Vec::new();
@@ -567,7 +582,7 @@ pub fn train_multi_task(
     let steps_per_epoch: usize = sizes.iter().map(|n| n.div_ceil(cfg.batch_size)).sum();
     let total = steps_per_epoch * cfg.epochs;
     let groups = model.task_optimizer_groups(&cfg.group_hyper());
-    let mut opt = AdamW::new(groups, Schedule::warmup_ratio(cfg.warmup_ratio, total));
+    let mut opt = AdamW::new(groups, cfg.schedule(total));
     let all_vars = opt.vars();
     let mut rng = PetlRng::seed(cfg.seed);
     let mut queues: Vec<Vec<Vec<usize>>> = vec![Vec::new(); tasks.len()];

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use propetl::data::{CustomData, GlueTask};
-use propetl::run::{eval_settings, prepare, run as run_with, RunConfig, RunReport, Task};
+use propetl::run::{prepare, run as run_with, RunConfig, RunReport, Task};
 use propetl::runtime::Variant;
 use propetl::train::{evaluate, predict_values, Silent};
 
@@ -91,13 +91,14 @@ fn training_reduces_the_loss_and_the_best_state_reloads_exactly() {
     // reload the best state into a fresh model: identical test metrics and predictions
     let mut p = prepare(&cfg).unwrap();
     p.model.restore(&out.join("best.safetensors")).unwrap();
-    let again = evaluate(p.model.as_ref(), &p.test, &eval_settings(&cfg)).unwrap();
+    let task = &p.tasks[0];
+    let again = evaluate(p.model.as_ref(), &task.test, &task.eval_settings(&cfg)).unwrap();
     assert_eq!(again, report.test);
     let mut q = prepare(&cfg).unwrap();
     q.model.restore(&out.join("best.safetensors")).unwrap();
     assert_eq!(
-        predict_values(p.model.as_ref(), &p.test, 8, 128, "default").unwrap(),
-        predict_values(q.model.as_ref(), &q.test, 8, 128, "default").unwrap()
+        predict_values(p.model.as_ref(), &task.test, 8, 128, "default").unwrap(),
+        predict_values(q.model.as_ref(), &q.tasks[0].test, 8, 128, "default").unwrap()
     );
     // the same seed reproduces the run exactly
     let twice = run(&cfg, &dir.path().join("again")).unwrap();

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use propetl::text_to_text::LoadedRun;
 use propetl_models::t5::{until_eos, GenerationConfig, T5Checkpoint, T5Plain, T5Tokenizer};
 use propetl_runtime::DeviceSpec;
 
@@ -14,13 +15,15 @@ use propetl_runtime::DeviceSpec;
 #[derive(clap::Args)]
 pub struct GenerateArgs {
     /// T5 checkpoint folder (config.json, model.safetensors, tokenizer.json) or a Hugging Face
-    /// Hub id (`google-t5/t5-base`) resolved through the Hugging Face cache.
-    #[arg(long, visible_alias = "model")]
-    model_dir: PathBuf,
-    /// A T5 run directory whose PETL state to use (not supported yet).
+    /// Hub id (`google-t5/t5-base`) resolved through the Hugging Face cache. With --run: the
+    /// run's own backbone unless given.
+    #[arg(long, visible_alias = "model", required_unless_present = "run")]
+    model_dir: Option<PathBuf>,
+    /// A T5 run directory (`propetl train` on a T5 model): generate with its best PETL state.
     #[arg(long)]
     run: Option<PathBuf>,
-    /// The task whose mask to use (with --run).
+    /// The task whose masks to use (with --run; needed when the run has several tasks).
+    /// Switching the task swaps masks only.
     #[arg(long, requires = "run")]
     task: Option<String>,
     /// Generated tokens at most per input.
@@ -48,15 +51,13 @@ pub struct GenerateArgs {
 
 /// Run `propetl generate`.
 pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
-    if let Some(run) = &args.run {
-        bail!(
-            "T5 runs are not supported yet ({}): generate with the plain checkpoint of --model-dir",
-            run.display()
-        );
-    }
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(args.num_beams > 0, "--num-beams must be at least 1");
-    let model_dir = propetl::hub::resolve_model(&args.model_dir)?;
+    // a run: its backbone, tokenizer and best PETL state, the task's masks
+    let loaded = match &args.run {
+        Some(dir) => Some(load_run(dir, args)?),
+        None => None,
+    };
     let lines: Vec<String> = match &args.input {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -70,23 +71,37 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             .context("reading standard input")?,
     };
     let device = args.device.open()?;
-    let ckpt = T5Checkpoint::open(&model_dir, &device)?;
-    let tok_path = model_dir.join("tokenizer.json");
-    anyhow::ensure!(
-        tok_path.exists(),
-        "{} is missing: generate needs the checkpoint's tokenizer",
-        tok_path.display()
-    );
-    let tokenizer = T5Tokenizer::from_file(&tok_path, &ckpt.config)?;
-    let model = T5Plain::from_checkpoint(&ckpt)?;
-    let eos = model.config().eos_token_id;
+    let plain;
+    let (tokenizer, generator, eos) = match &loaded {
+        Some((run, task)) => (
+            &run.tokenizer,
+            run.model.inner().generator(task)?,
+            run.model.inner().config().eos_token_id,
+        ),
+        None => {
+            let model_dir = propetl::hub::resolve_model(
+                args.model_dir
+                    .as_ref()
+                    .context("--model-dir is needed without --run")?,
+            )?;
+            let ckpt = T5Checkpoint::open(&model_dir, &device)?;
+            let tok_path = model_dir.join("tokenizer.json");
+            anyhow::ensure!(
+                tok_path.exists(),
+                "{} is missing: generate needs the checkpoint's tokenizer",
+                tok_path.display()
+            );
+            let tokenizer = T5Tokenizer::from_file(&tok_path, &ckpt.config)?;
+            plain = (tokenizer, T5Plain::from_checkpoint(&ckpt)?);
+            (&plain.0, plain.1.generator(), plain.1.config().eos_token_id)
+        }
+    };
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         num_beams: args.num_beams,
         length_penalty: args.length_penalty,
         ..Default::default()
     };
-    let generator = model.generator();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (start, mut generated) = (Instant::now(), 0usize);
     for chunk in lines.chunks(args.batch_size) {
@@ -115,4 +130,41 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         generated as f64 / secs.max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A T5 run and the task to generate for: `--task`, or the run's only task.
+fn load_run(dir: &std::path::Path, args: &GenerateArgs) -> Result<(LoadedRun, String)> {
+    let run = propetl::text_to_text::load_run(dir, Some(args.device))?;
+    if let Some(model_dir) = &args.model_dir {
+        let ours = propetl::hub::resolve_model(model_dir)?;
+        let theirs = run.config.resolved_model_dir()?;
+        anyhow::ensure!(
+            theirs.as_deref() == Some(ours.as_path()),
+            "--model-dir {} is not the backbone of run {} ({}); leave it out to use the run's",
+            ours.display(),
+            dir.display(),
+            theirs.map_or("none".into(), |p| p.display().to_string())
+        );
+    }
+    let tasks: Vec<String> = run
+        .config
+        .run_tasks()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    let task = match (&args.task, tasks.as_slice()) {
+        (Some(t), _) if tasks.contains(t) => t.clone(),
+        (Some(t), _) => bail!(
+            "run {} has no task `{t}` (its tasks: {})",
+            dir.display(),
+            tasks.join(", ")
+        ),
+        (None, [only]) => only.clone(),
+        (None, _) => bail!(
+            "run {} has several tasks ({}): pick one with --task",
+            dir.display(),
+            tasks.join(", ")
+        ),
+    };
+    Ok((run, task))
 }

@@ -254,7 +254,7 @@ struct TrainArgs {
     /// Run directory to write.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
-    /// Task: cola … rte, rotten-tomatoes, vader-movies, custom.
+    /// Task: cola … rte, glue (multi-task; T5 models), rotten-tomatoes, vader-movies, custom.
     #[arg(long)]
     task: Option<Task>,
     /// Variant: pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix.
@@ -347,6 +347,20 @@ fn print_report(r: &RunReport) {
         r.eval.summary(),
         r.test.summary()
     );
+    for (task, scores) in &r.tasks {
+        println!(
+            "  {task}: eval {} — test {}",
+            scores.eval.summary(),
+            scores.test.summary()
+        );
+    }
+    match r.glue_average {
+        Some(avg) => println!("  GLUE average (11 numbers, test): {avg:.2}"),
+        None if r.tasks.len() == propetl::data::GlueTask::ALL.len() => println!(
+            "  GLUE average (11 numbers, test): undefined (a task's metric is not a number, e.g. the correlation of constant predictions)"
+        ),
+        None => {}
+    }
     println!("{}", r.storage.to_table());
     println!(
         "sizes: train {}, eval {}, test {}; skipped rows {}; wall time {:.1}s",
@@ -493,8 +507,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { run: dir, split } => {
-            let m = run::evaluate_run(&dir, &split)?;
-            println!("{}", serde_json::to_string_pretty(&m)?);
+            let scores = run::evaluate_run_tasks(&dir, &split)?;
+            if scores.len() == 1 {
+                let m = scores.into_values().next().expect("one task");
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                // a multi-task run: every task's metrics, and the 11-number GLUE average
+                // when all eight tasks are there
+                let by_glue = scores
+                    .iter()
+                    .filter_map(|(t, m)| Some((propetl::data::GlueTask::parse(t).ok()?, m.clone())))
+                    .collect();
+                let out = serde_json::json!({
+                    "tasks": scores,
+                    "glue_average": propetl::metrics::glue_average(&by_glue),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart {
