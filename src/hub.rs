@@ -141,10 +141,23 @@ impl HubId {
         cache_dir.join(self.hf_repo().folder_name())
     }
 
+    /// The cache folder of this dataset: `<cache>/datasets--org--name`.
+    pub fn dataset_cache_folder(&self, cache_dir: &Path) -> PathBuf {
+        cache_dir.join(self.hf_dataset().folder_name())
+    }
+
     fn hf_repo(&self) -> hf_hub::Repo {
         hf_hub::Repo::with_revision(
             self.repo.clone(),
             hf_hub::RepoType::Model,
+            self.revision.clone(),
+        )
+    }
+
+    fn hf_dataset(&self) -> hf_hub::Repo {
+        hf_hub::Repo::with_revision(
+            self.repo.clone(),
+            hf_hub::RepoType::Dataset,
             self.revision.clone(),
         )
     }
@@ -178,7 +191,8 @@ pub fn resolve_model_with(spec: &Path, settings: &HubSettings) -> Result<PathBuf
     }
     let Some(id) = spec.to_str().and_then(HubId::parse) else {
         bail!(
-            "model folder {} does not exist (and it is not a Hugging Face Hub id such as \
+            "model folder {} does not exist (a model is a folder with config.json, \
+             model.safetensors and tokenizer.json, or a Hugging Face Hub id such as \
              `FacebookAI/roberta-base`)",
             spec.display()
         );
@@ -225,24 +239,8 @@ pub fn cached_snapshot(id: &HubId, cache_dir: &Path) -> Result<PathBuf, String> 
     let repo = cache.repo(id.hf_repo());
     let snapshot = match repo.get(REQUIRED_FILES[0]) {
         Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        None => {
-            // the ref file exists but the snapshot lacks config.json, or the revision is a
-            // commit (the Python client stores those without a ref), or a ref written with a
-            // trailing newline
-            let by_ref = std::fs::read_to_string(folder.join("refs").join(&id.revision))
-                .ok()
-                .map(|c| folder.join("snapshots").join(c.trim()));
-            let by_commit = folder.join("snapshots").join(&id.revision);
-            match by_ref.or_else(|| by_commit.is_dir().then_some(by_commit)) {
-                Some(s) => s,
-                None => {
-                    return Err(format!(
-                        "no refs/{} and no snapshots/{}",
-                        id.revision, id.revision
-                    ))
-                }
-            }
-        }
+        // the ref exists but the snapshot lacks config.json, or the revision is a commit
+        None => snapshot_folder(&folder, &id.revision)?,
     };
     let missing: Vec<&str> = REQUIRED_FILES
         .iter()
@@ -259,8 +257,24 @@ pub fn cached_snapshot(id: &HubId, cache_dir: &Path) -> Result<PathBuf, String> 
     Ok(snapshot)
 }
 
-/// Download the model files of `id` into the cache; the snapshot folder.
-fn download(id: &HubId, settings: &HubSettings) -> Result<PathBuf> {
+/// The snapshot of `revision` in a repository's cache folder: through `refs/<revision>` (a
+/// branch or tag; the commit, surrounding whitespace ignored) or `snapshots/<revision>` (a
+/// commit, which the Python client stores without a ref).
+fn snapshot_folder(folder: &Path, revision: &str) -> Result<PathBuf, String> {
+    if !folder.is_dir() {
+        return Err(format!("no folder {}", folder.display()));
+    }
+    let by_ref = std::fs::read_to_string(folder.join("refs").join(revision))
+        .ok()
+        .map(|c| folder.join("snapshots").join(c.trim()));
+    let by_commit = folder.join("snapshots").join(revision);
+    by_ref
+        .or_else(|| by_commit.is_dir().then_some(by_commit))
+        .ok_or_else(|| format!("no refs/{revision} and no snapshots/{revision}"))
+}
+
+/// The sync API over the settings' cache, endpoint and token.
+fn api(settings: &HubSettings) -> Result<hf_hub::api::sync::Api> {
     let mut builder =
         hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(settings.cache_dir.clone()))
             .with_progress(settings.progress)
@@ -268,8 +282,12 @@ fn download(id: &HubId, settings: &HubSettings) -> Result<PathBuf> {
     if let Some(e) = &settings.endpoint {
         builder = builder.with_endpoint(e.clone());
     }
-    let api = builder.build()?;
-    let repo = api.repo(id.hf_repo());
+    Ok(builder.build()?)
+}
+
+/// Download the model files of `id` into the cache; the snapshot folder.
+fn download(id: &HubId, settings: &HubSettings) -> Result<PathBuf> {
+    let repo = api(settings)?.repo(id.hf_repo());
     let info = repo.info()?;
     let listed = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
     for f in REQUIRED_FILES {
@@ -295,6 +313,147 @@ fn download(id: &HubId, settings: &HubSettings) -> Result<PathBuf> {
     Ok(snapshot.unwrap_or_default())
 }
 
+/// Whether `name` (a path in a repository) is a parquet file of `prefix`: `<prefix>.parquet`
+/// or a shard `<prefix>-….parquet` (`sst2/train` matches `sst2/train-00000-of-00001.parquet`).
+pub fn is_parquet_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix).is_some_and(|rest| {
+        rest == ".parquet" || rest.starts_with('-') && rest.ends_with(".parquet")
+    })
+}
+
+/// A Hub dataset id: `org/name[@revision]` (a legacy one-part name is not taken for a
+/// dataset, so a missing local folder such as `glue` stays a missing folder).
+pub fn dataset_id(spec: &Path) -> Option<HubId> {
+    spec.to_str()
+        .filter(|s| s.split('@').next().is_some_and(|r| r.contains('/')))
+        .and_then(HubId::parse)
+}
+
+/// The folder of a dataset `spec` names: an existing local path as is; otherwise a Hub
+/// dataset id (`nyu-mll/glue`) resolved through the Hugging Face cache to its snapshot
+/// folder, which must hold at least one parquet file of every prefix of `needed` (`sst2/train`:
+/// `sst2/train-*.parquet`); what is missing is downloaded unless offline. Settings of
+/// [`HubSettings::from_env`].
+pub fn resolve_dataset(spec: &Path, needed: &[&str]) -> Result<PathBuf> {
+    if spec.exists() {
+        return Ok(spec.to_path_buf());
+    }
+    resolve_dataset_with(spec, needed, &HubSettings::from_env())
+}
+
+/// [`resolve_dataset`] with explicit settings.
+pub fn resolve_dataset_with(
+    spec: &Path,
+    needed: &[&str],
+    settings: &HubSettings,
+) -> Result<PathBuf> {
+    if spec.exists() {
+        return Ok(spec.to_path_buf());
+    }
+    let Some(id) = dataset_id(spec) else {
+        bail!(
+            "data folder {} does not exist (and it is not a Hugging Face Hub dataset id such \
+             as `nyu-mll/glue`)",
+            spec.display()
+        );
+    };
+    let folder = id.dataset_cache_folder(&settings.cache_dir);
+    let wanted = needed
+        .iter()
+        .map(|p| format!("{p}-*.parquet"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cached = match snapshot_folder(&folder, &id.revision).and_then(|snapshot| {
+        let missing: Vec<&str> = needed
+            .iter()
+            .copied()
+            .filter(|p| {
+                let (dir, _) = p.rsplit_once('/').unwrap_or(("", p));
+                let listing = std::fs::read_dir(snapshot.join(dir)).into_iter().flatten();
+                !listing.flatten().any(|e| {
+                    let name = format!(
+                        "{dir}{}{}",
+                        if dir.is_empty() { "" } else { "/" },
+                        e.file_name().to_string_lossy()
+                    );
+                    is_parquet_of(&name, p)
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(snapshot)
+        } else {
+            Err(format!(
+                "snapshot {} has no {}-*.parquet",
+                snapshot.display(),
+                missing.join("-*.parquet, no ")
+            ))
+        }
+    }) {
+        Ok(snapshot) => return Ok(snapshot),
+        Err(why) => why,
+    };
+    let include = needed
+        .iter()
+        .map(|p| format!(" --include '{p}*.parquet'"))
+        .collect::<String>();
+    let fix = format!(
+        "To fix: download it where the Hub is reachable (`huggingface-cli download {} \
+         --repo-type dataset{include}`, or run this command once with network access), point \
+         HF_HUB_CACHE or HF_HOME at a cache that holds it, or pass a local folder",
+        id.repo
+    );
+    if settings.offline {
+        bail!(
+            "`{id}` is not a local folder and the Hugging Face cache does not hold the \
+             dataset's {wanted} (searched {}: {cached}); HF_HUB_OFFLINE is set, so it cannot \
+             be downloaded. {fix}",
+            folder.display()
+        );
+    }
+    download_dataset(&id, needed, settings).map_err(|e| {
+        anyhow::anyhow!(
+            "`{id}` is not a local folder and the Hugging Face cache does not hold the \
+             dataset's {wanted} (searched {}: {cached}), and fetching them from {} failed: \
+             {e}. {fix}",
+            folder.display(),
+            settings
+                .endpoint
+                .as_deref()
+                .unwrap_or("https://huggingface.co")
+        )
+    })
+}
+
+/// Download the parquet files of every prefix of `needed` of the dataset `id`; the
+/// snapshot folder.
+fn download_dataset(id: &HubId, needed: &[&str], settings: &HubSettings) -> Result<PathBuf> {
+    let repo = api(settings)?.repo(id.hf_dataset());
+    let info = repo.info()?;
+    let mut snapshot = None;
+    for p in needed {
+        let files: Vec<&str> = info
+            .siblings
+            .iter()
+            .map(|s| s.rfilename.as_str())
+            .filter(|f| is_parquet_of(f, p))
+            .collect();
+        if files.is_empty() {
+            bail!("the Hub dataset {id} has no {p}-*.parquet");
+        }
+        for f in files {
+            let path = repo.get(f)?;
+            // <snapshot>/<dir>/<file>: one level per path component of `f`
+            let mut root = path.clone();
+            for _ in 0..f.split('/').count() {
+                root.pop();
+            }
+            snapshot.get_or_insert(root);
+        }
+    }
+    Ok(snapshot.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +470,18 @@ mod tests {
         );
         assert_eq!(id.to_string(), "google-t5/t5-base@v1.0");
         assert!(HubId::parse("roberta-base").is_some());
+        assert!(dataset_id(Path::new("nyu-mll/glue")).is_some());
+        assert!(dataset_id(Path::new("glue")).is_none());
+        assert!(is_parquet_of(
+            "sst2/train-00000-of-00001.parquet",
+            "sst2/train"
+        ));
+        assert!(is_parquet_of("sst2/train.parquet", "sst2/train"));
+        assert!(!is_parquet_of(
+            "mnli/validation_mismatched-0.parquet",
+            "mnli/validation_matched"
+        ));
+        assert!(!is_parquet_of("sst2/trainer-0.json", "sst2/train"));
         for bad in [
             "tests/fixtures/tiny-roberta",
             "/abs/path",

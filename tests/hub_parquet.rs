@@ -71,6 +71,11 @@ fn cache() -> &'static Path {
             &fixtures().join("tiny-roberta"),
             &["config.json", "model.safetensors", "tokenizer.json"],
         );
+        // the Hub's GLUE as a cached dataset: datasets--nyu-mll--glue/snapshots/<rev>/<task>/…
+        let glue = cache.join("datasets--nyu-mll--glue");
+        std::fs::create_dir_all(glue.join("refs")).unwrap();
+        std::fs::write(glue.join("refs/main"), REV).unwrap();
+        write_glue_dir(&glue.join("snapshots").join(REV));
         // Rust 2021: setting the environment is safe; every test of this binary sees the
         // same values
         std::env::set_var("HF_HUB_CACHE", &cache);
@@ -126,7 +131,8 @@ fn an_existing_local_path_is_always_the_local_folder() {
         .to_string();
     assert!(
         err.contains("model folder ./no/such/model-folder does not exist")
-            && err.contains("not a Hugging Face Hub id"),
+            && err.contains("config.json")
+            && err.contains("or a Hugging Face Hub id"),
         "{err}"
     );
 }
@@ -352,6 +358,47 @@ fn glue_parquet_in_the_hub_layout_loads_the_same_examples_as_the_tsv_files() {
             assert!(skipped.skipped > 0);
         }
     }
+}
+
+#[test]
+fn glue_by_hub_dataset_id_reads_the_cached_parquet_files() {
+    cache();
+    let hub = Path::new("nyu-mll/glue");
+    for task in [GlueTask::Sst2, GlueTask::Mnli, GlueTask::Stsb] {
+        let tsv = task
+            .splits(&fixtures().join("glue"), 42, false, false)
+            .unwrap();
+        let pq = task.splits(hub, 42, false, false).unwrap();
+        same_examples(&tsv, &pq);
+        assert!(
+            pq.sources.train.contains("datasets--nyu-mll--glue"),
+            "{:?}",
+            pq.sources
+        );
+    }
+    // an uncached dataset offline: the id, the cache folder searched, the files and the fix
+    let err = GlueTask::Rte
+        .splits(Path::new("someone/glue-copy"), 42, false, false)
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "`someone/glue-copy` is not a local folder".to_string(),
+        format!(
+            "searched {}",
+            cache().join("datasets--someone--glue-copy").display()
+        ),
+        "rte/train-*.parquet, rte/validation-*.parquet".to_string(),
+        "HF_HUB_OFFLINE is set".to_string(),
+        "huggingface-cli download someone/glue-copy --repo-type dataset".to_string(),
+    ] {
+        assert!(err.contains(&needle), "`{needle}` missing from: {err}");
+    }
+    // a missing local folder that cannot be a dataset id stays the TSV loader's error
+    let err = GlueTask::Rte
+        .splits(Path::new("/no/such/glue"), 42, false, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/no/such/glue/RTE/train.tsv"), "{err}");
 }
 
 #[test]

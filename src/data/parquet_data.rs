@@ -420,12 +420,24 @@ impl GlueTask {
 
     /// Train and validation data of this task from the Hub's parquet layout with the
     /// sources' descriptions, or `None` when `glue_dir` has no parquet files for it (or has
-    /// the distribution's `train.tsv`).
+    /// the distribution's `train.tsv`). A `glue_dir` that is no local folder but a Hub
+    /// dataset id (`nyu-mll/glue`) is the task's files in the Hugging Face cache
+    /// ([`crate::hub::resolve_dataset`]).
     pub(super) fn parquet_train_dev(
         &self,
         glue_dir: &Path,
         skip_bad_rows: bool,
     ) -> Result<Option<(Dataset, String, Dataset, String)>> {
+        // a Hub dataset id (`nyu-mll/glue`) that is not a local folder: its cached snapshot
+        let resolved;
+        let glue_dir = if !glue_dir.exists() && crate::hub::dataset_id(glue_dir).is_some() {
+            let train = format!("{}/train", self.name());
+            let dev = format!("{}/{}", self.name(), self.hub_validation_split());
+            resolved = crate::hub::resolve_dataset(glue_dir, &[&train, &dev])?;
+            resolved.as_path()
+        } else {
+            glue_dir
+        };
         // the distribution's TSV files win when both are there
         if glue_dir.join(self.dir_name()).join("train.tsv").is_file() {
             return Ok(None);

@@ -17,11 +17,14 @@ use crate::error::{ModelError, Result};
 /// per encoder block `layer.0` (self-attention `q,k,v,o`, RMS norm) and `layer.1` (FFN
 /// `wi,wo`, RMS norm), per decoder block `layer.0` (self-attention), `layer.1`
 /// (`EncDecAttention`) and `layer.2` (FFN); the relative-position tables of block 0 of each
-/// stack and both final norms. T5 has no biases; the (tied) `lm_head.weight` and
+/// stack and both final norms; gated FFNs (T5 v1.1) have `wi_0`, `wi_1` for `wi`, untied
+/// models their `lm_head.weight`. T5 has no biases; a tied `lm_head.weight` and
 /// `{encoder,decoder}.embed_tokens.weight` of a file are not used.
 pub fn hf_tensors(config: &T5Config) -> Vec<HfTensor> {
     use TensorKind::{Ones, Weight};
     let (d, inner, f) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
+    let gated = config.feed_forward().is_ok_and(|(g, _)| g);
+    let wi: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
     let mut t = vec![HfTensor::new(
         "shared.weight",
         &[config.vocab_size, d],
@@ -66,11 +69,13 @@ pub fn hf_tensors(config: &T5Config) -> Vec<HfTensor> {
                 ));
             }
             let ff = if decoder { 2 } else { 1 };
-            t.push(HfTensor::new(
-                format!("{p}.{ff}.DenseReluDense.wi.weight"),
-                &[f, d],
-                Weight,
-            ));
+            for wi in wi {
+                t.push(HfTensor::new(
+                    format!("{p}.{ff}.DenseReluDense.{wi}.weight"),
+                    &[f, d],
+                    Weight,
+                ));
+            }
             t.push(HfTensor::new(
                 format!("{p}.{ff}.DenseReluDense.wo.weight"),
                 &[d, f],
@@ -86,6 +91,13 @@ pub fn hf_tensors(config: &T5Config) -> Vec<HfTensor> {
             format!("{stack}.final_layer_norm.weight"),
             &[d],
             Ones,
+        ));
+    }
+    if !config.tie_word_embeddings {
+        t.push(HfTensor::new(
+            "lm_head.weight",
+            &[config.vocab_size, d],
+            Weight,
         ));
     }
     t
@@ -187,6 +199,8 @@ mod tests {
             layer_norm_epsilon: 1e-6,
             feed_forward_proj: "relu".into(),
             tie_word_embeddings: true,
+            scale_decoder_outputs: None,
+            dropout_rate: 0.1,
             pad_token_id: 0,
             eos_token_id: 1,
             decoder_start_token_id: None,

@@ -1,7 +1,7 @@
 //! T5's `config.json`: Hugging Face keys and defaults, validation, PETL layout (`enc.{l}`,
 //! `dec.{l}`) and parameter count.
 
-use propetl_runtime::PetlLayout;
+use propetl_runtime::{Activation, PetlLayout};
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
@@ -23,6 +23,9 @@ fn d_true() -> bool {
 }
 fn d_eos() -> u32 {
     1
+}
+fn d_dropout() -> f64 {
+    0.1
 }
 
 /// `eos_token_id` as Hugging Face writes it: a number, `null` (T5's default 1) or a list (its
@@ -70,12 +73,23 @@ pub struct T5Config {
     /// RMS-norm epsilon.
     #[serde(default = "d_eps")]
     pub layer_norm_epsilon: f64,
-    /// `relu` or `gelu` (gated variants are not supported).
+    /// The FFN: `relu`, `gelu` (`wi` → activation → `wo`), or gated (T5 v1.1, FLAN-T5):
+    /// `gated-gelu` (gelu_new, as transformers maps it) or `gated-relu`
+    /// (`act(wi_0 x) · wi_1 x` → `wo`).
     #[serde(default = "d_ff_proj")]
     pub feed_forward_proj: String,
-    /// Tied input/output embeddings (scales decoder outputs by d_model^-0.5).
+    /// Tied input/output embeddings (scales decoder outputs by d_model^-0.5); untied models
+    /// (T5 v1.1) have their own `lm_head.weight` and no scaling.
     #[serde(default = "d_true")]
     pub tie_word_embeddings: bool,
+    /// Whether decoder outputs are scaled by d_model^-0.5 before the LM head (transformers 5
+    /// writes it; absent: `tie_word_embeddings`, as original T5 and v1.1 configs imply).
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
+    /// Dropout probability of training mode (embeddings, attention probabilities, sub-layer
+    /// outputs, the FFN's hidden layer, final norms), as transformers applies it.
+    #[serde(default = "d_dropout")]
+    pub dropout_rate: f64,
     /// Padding id (also the decoder start token unless `decoder_start_token_id` is set).
     #[serde(default)]
     pub pad_token_id: u32,
@@ -103,13 +117,12 @@ impl T5Config {
     pub fn from_json(text: &str) -> Result<Self> {
         let c: Self =
             crate::common::parse_hf_config(text, &["t5"], "this model loads T5 checkpoints")?;
-        if !matches!(c.feed_forward_proj.as_str(), "relu" | "gelu") {
-            return Err(ModelError::Config(format!("unsupported feed_forward_proj `{}` (relu or gelu; gated T5 v1.1 FFNs are not supported)", c.feed_forward_proj)));
-        }
-        if !c.tie_word_embeddings {
-            return Err(ModelError::Config(
-                "untied T5 output embeddings are not supported".into(),
-            ));
+        c.feed_forward()?;
+        if !(c.dropout_rate.is_finite() && (0.0..1.0).contains(&c.dropout_rate)) {
+            return Err(ModelError::Config(format!(
+                "dropout_rate must lie in [0, 1), got {}",
+                c.dropout_rate
+            )));
         }
         use crate::common::{ConfigCheck, MAX_DIMENSION, MAX_LAYERS};
         ConfigCheck::new()
@@ -142,6 +155,29 @@ impl T5Config {
         Ok(c)
     }
 
+    /// The FFN shape: whether it is gated (`wi_0`, `wi_1`) and its activation, from
+    /// `feed_forward_proj` as transformers reads it.
+    pub fn feed_forward(&self) -> Result<(bool, Activation)> {
+        Ok(match self.feed_forward_proj.as_str() {
+            "relu" => (false, Activation::Relu),
+            "gelu" => (false, Activation::Gelu),
+            // transformers: "gated-gelu" means gelu_new (the tanh approximation)
+            "gated-gelu" => (true, Activation::GeluNew),
+            "gated-relu" => (true, Activation::Relu),
+            other => {
+                return Err(ModelError::Config(format!(
+                    "unsupported feed_forward_proj `{other}` (relu, gelu, gated-gelu, gated-relu)"
+                )))
+            }
+        })
+    }
+
+    /// Whether decoder outputs are scaled by d_model^-0.5 before the LM head.
+    pub fn scales_decoder_outputs(&self) -> bool {
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
+    }
+
     /// The first decoder input of generation: `decoder_start_token_id`, else `pad_token_id`.
     pub fn decoder_start(&self) -> u32 {
         self.decoder_start_token_id.unwrap_or(self.pad_token_id)
@@ -170,9 +206,17 @@ impl T5Config {
     pub fn backbone_params(&self) -> usize {
         let (d, inner, f) = (self.d_model, self.num_heads * self.d_kv, self.d_ff);
         let attn = 4 * d * inner;
-        let enc = self.num_layers * (attn + d + 2 * d * f + d);
-        let dec = self.decoder_layers() * (2 * attn + 2 * d + 2 * d * f + d);
+        let gated = self.feed_forward().is_ok_and(|(g, _)| g);
+        let ffn = if gated { 3 * d * f } else { 2 * d * f };
+        let enc = self.num_layers * (attn + d + ffn + d);
+        let dec = self.decoder_layers() * (2 * attn + 2 * d + ffn + d);
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d
+            + head
             + enc
             + dec
             + 2 * d

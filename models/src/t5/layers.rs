@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use propetl_runtime::{ops, LayerPetl, PetlContext, PetlSites, Sites};
+use propetl_runtime::{ops, ForwardMode, LayerPetl, PetlContext, PetlSites, Sites};
 
 use super::checkpoint::T5Checkpoint;
 use super::config::T5Config;
@@ -53,9 +53,15 @@ impl Attention {
     }
 
     /// `x [B,Sq,D]` attends to `kv [B,Sk,D]`; `bias [B|1, H, Sq, Sk]` (positions + attention mask).
-    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        drop: &mut Dropout,
+    ) -> candle_core::Result<Tensor> {
         let (k, v) = self.keys_values(kv)?;
-        self.attend(x, &k, &v, bias)
+        self.attend(x, &k, &v, bias, drop)
     }
 
     /// `x [B,Sq,D]` attends to projected keys and values `[B, H, Sk, d_kv]`.
@@ -65,6 +71,7 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         bias: &Tensor,
+        drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let (b, sq, _) = x.dims3()?;
         let q = self.split(self.q.forward(x)?)?;
@@ -72,7 +79,8 @@ impl Attention {
         let scores = q
             .matmul(&k.transpose(2, 3)?.contiguous()?)?
             .broadcast_add(bias)?;
-        let ctx = ops::softmax_last_dim(&scores)?
+        let ctx = drop
+            .apply(&ops::softmax_last_dim(&scores)?)?
             .matmul(v)?
             .transpose(1, 2)?
             .reshape((b, sq, self.heads * self.d_kv))?;
@@ -86,11 +94,28 @@ pub struct T5Block {
     self_attn: Attention,
     self_norm: Tensor,
     cross: Option<(Attention, Tensor)>,
-    wi: Linear,
+    /// `wi`, or the gated pair `wi_0` (activated), `wi_1`.
+    wi: Vec<Linear>,
     wo: Linear,
     ff_norm: Tensor,
     eps: f64,
     act: propetl_runtime::Activation,
+}
+
+/// Training-mode dropout at rate `p` (the identity in evaluation and when `p` is 0).
+pub(crate) struct Dropout<'m, 'r> {
+    pub(crate) mode: &'m mut ForwardMode<'r>,
+    pub(crate) p: f64,
+}
+
+impl Dropout<'_, '_> {
+    pub(crate) fn apply(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.p > 0.0 && self.mode.is_train() {
+            self.mode.dropout(x, self.p)
+        } else {
+            Ok(x.clone())
+        }
+    }
 }
 
 impl T5Block {
@@ -107,19 +132,21 @@ impl T5Block {
         } else {
             None
         };
+        let (gated, act) = c.feed_forward()?;
+        let dense = l.pp(ff).pp("DenseReluDense");
+        let wi_names: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
         Ok(Self {
             self_attn: Attention::load(l.pp(0).pp("SelfAttention"), c)?,
             self_norm: get(&l.pp(0), &[d], "layer_norm.weight")?,
             cross,
-            wi: Linear::load_no_bias(l.pp(ff).pp("DenseReluDense").pp("wi"), c.d_ff, d)?,
-            wo: Linear::load_no_bias(l.pp(ff).pp("DenseReluDense").pp("wo"), d, c.d_ff)?,
+            wi: wi_names
+                .iter()
+                .map(|n| Linear::load_no_bias(dense.pp(n), c.d_ff, d))
+                .collect::<Result<_>>()?,
+            wo: Linear::load_no_bias(dense.pp("wo"), d, c.d_ff)?,
             ff_norm: get(&l.pp(ff), &[d], "layer_norm.weight")?,
             eps: c.layer_norm_epsilon,
-            act: if c.feed_forward_proj == "gelu" {
-                propetl_runtime::Activation::Gelu
-            } else {
-                propetl_runtime::Activation::Relu
-            },
+            act,
         })
     }
 
@@ -129,22 +156,35 @@ impl T5Block {
         bias: &Tensor,
         enc: Option<(&Tensor, &Tensor)>,
         petl: &LayerPetl,
+        drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
-        let mut h = h.add(&self.self_attn.forward(&n, &n, bias)?)?;
+        let a = self.self_attn.forward(&n, &n, bias, drop)?;
+        let mut h = h.add(&drop.apply(&a)?)?;
         if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
             let n = ops::rms_norm(&h, norm, self.eps)?;
-            h = h.add(&attn.forward(&n, enc_out, enc_bias)?)?;
+            let a = attn.forward(&n, enc_out, enc_bias, drop)?;
+            h = h.add(&drop.apply(&a)?)?;
         }
-        self.feed_forward(&h, petl)
+        self.feed_forward(&h, petl, drop)
     }
 
-    /// The FFN sub-layer and the injection site: `h + y + A(h + y)`.
-    fn feed_forward(&self, h: &Tensor, petl: &LayerPetl) -> candle_core::Result<Tensor> {
+    /// The FFN sub-layer and the injection site: `h + y + A(h + y)` with `y = dropout(FFN(n))`
+    /// (method page §5); the FFN is `wo(dropout(act(wi n)))` or, gated,
+    /// `wo(dropout(act(wi_0 n) · wi_1 n))`.
+    fn feed_forward(
+        &self,
+        h: &Tensor,
+        petl: &LayerPetl,
+        drop: &mut Dropout,
+    ) -> candle_core::Result<Tensor> {
         let n = ops::rms_norm(h, &self.ff_norm, self.eps)?;
-        let y = self
-            .wo
-            .forward(&ops::activate(&self.wi.forward(&n)?, self.act)?)?;
+        let mut hidden = ops::activate(&self.wi[0].forward(&n)?, self.act)?;
+        if let Some(linear) = self.wi.get(1) {
+            hidden = hidden.mul(&linear.forward(&n)?)?;
+        }
+        let out = self.wo.forward(&drop.apply(&hidden)?)?;
+        let y = drop.apply(&out)?;
         let z = h.add(&y)?;
         // method page §5: block output h + y + A(h + y)
         match petl.adapter(&z).map_err(candle_core::Error::wrap)? {
@@ -177,20 +217,25 @@ impl T5Block {
         enc_bias: &Tensor,
         petl: &LayerPetl,
     ) -> Result<Tensor> {
+        let mut eval = ForwardMode::Eval;
+        let drop = &mut Dropout {
+            mode: &mut eval,
+            p: 0.0,
+        };
         let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
         let (k, v) = self.self_attn.keys_values(&n)?;
         let (k, v) = match cache.self_kv.take() {
             Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
             None => (k, v),
         };
-        let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias)?)?;
+        let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias, drop)?)?;
         cache.self_kv = Some((k, v));
         if let Some((attn, norm)) = &self.cross {
             let n = ops::rms_norm(&h, norm, self.eps)?;
             let (ck, cv) = &cache.cross_kv;
-            h = h.add(&attn.attend(&n, ck, cv, enc_bias)?)?;
+            h = h.add(&attn.attend(&n, ck, cv, enc_bias, drop)?)?;
         }
-        Ok(self.feed_forward(&h, petl)?)
+        Ok(self.feed_forward(&h, petl, drop)?)
     }
 }
 
@@ -257,6 +302,8 @@ pub(crate) struct Stacks {
     pub(crate) dec_bias_table: Tensor,
     enc_final: Tensor,
     dec_final: Tensor,
+    /// Untied models' output embedding (`lm_head.weight`); tied models use `shared`.
+    lm_head: Option<Tensor>,
 }
 
 impl Stacks {
@@ -320,6 +367,11 @@ pub(crate) fn load_stacks(ckpt: &T5Checkpoint) -> Result<(Stacks, Vec<T5Block>)>
         dec_bias_table: table("decoder")?,
         enc_final: get(&vb.pp("encoder"), &[c.d_model], "final_layer_norm.weight")?,
         dec_final: get(&vb.pp("decoder"), &[c.d_model], "final_layer_norm.weight")?,
+        lm_head: if c.tie_word_embeddings {
+            None
+        } else {
+            Some(get(vb, &[c.vocab_size, c.d_model], "lm_head.weight")?)
+        },
     };
     Ok((stacks, blocks))
 }
@@ -332,6 +384,7 @@ pub(crate) fn embed(shared: &Tensor, ids: &Tensor) -> Result<Tensor> {
         .reshape((b, s, shared.dim(1)?))?)
 }
 
+/// LM logits `[B,T,V]` of the whole encoder–decoder; `mode` switches dropout on.
 pub(crate) fn forward(
     st: &Stacks,
     blocks: &[T5Block],
@@ -339,9 +392,10 @@ pub(crate) fn forward(
     ids: &Tensor,
     attention_mask: &Tensor,
     dec_ids: &Tensor,
+    mode: &mut ForwardMode,
 ) -> Result<Tensor> {
-    let (enc_out, cross_bias) = encode(st, blocks, petl, ids, attention_mask)?;
-    decode(st, blocks, petl, &enc_out, &cross_bias, dec_ids)
+    let (enc_out, cross_bias) = encode_with(st, blocks, petl, ids, attention_mask, mode)?;
+    decode_with(st, blocks, petl, &enc_out, &cross_bias, dec_ids, mode)
 }
 
 /// The encoder: its output `[B,S,D]` and the additive bias of cross-attention `[B,1,1,S]`
@@ -353,7 +407,29 @@ pub(crate) fn encode(
     ids: &Tensor,
     attention_mask: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
+    encode_with(
+        st,
+        blocks,
+        petl,
+        ids,
+        attention_mask,
+        &mut ForwardMode::Eval,
+    )
+}
+
+fn encode_with(
+    st: &Stacks,
+    blocks: &[T5Block],
+    petl: &PetlContext,
+    ids: &Tensor,
+    attention_mask: &Tensor,
+    mode: &mut ForwardMode,
+) -> Result<(Tensor, Tensor)> {
     let c = &st.config;
+    let drop = &mut Dropout {
+        mode,
+        p: c.dropout_rate,
+    };
     let dev = ids.device();
     if ids.dims() != attention_mask.dims() {
         return Err(ModelError::Input(format!(
@@ -370,11 +446,11 @@ pub(crate) fn encode(
     let enc_bias = st
         .position_bias(&st.enc_bias_table, s, s, true, dev)?
         .broadcast_add(&cross_bias)?;
-    let mut h = embed(&st.shared, ids)?;
+    let mut h = drop.apply(&embed(&st.shared, ids)?)?;
     for (l, block) in blocks[..c.num_layers].iter().enumerate() {
-        h = block.forward(&h, &enc_bias, None, petl.layer(l))?;
+        h = block.forward(&h, &enc_bias, None, petl.layer(l), drop)?;
     }
-    let enc_out = ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?;
+    let enc_out = drop.apply(&ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?)?;
     Ok((enc_out, cross_bias))
 }
 
@@ -388,7 +464,31 @@ pub(crate) fn decode(
     cross_bias: &Tensor,
     dec_ids: &Tensor,
 ) -> Result<Tensor> {
+    decode_with(
+        st,
+        blocks,
+        petl,
+        enc_out,
+        cross_bias,
+        dec_ids,
+        &mut ForwardMode::Eval,
+    )
+}
+
+fn decode_with(
+    st: &Stacks,
+    blocks: &[T5Block],
+    petl: &PetlContext,
+    enc_out: &Tensor,
+    cross_bias: &Tensor,
+    dec_ids: &Tensor,
+    mode: &mut ForwardMode,
+) -> Result<Tensor> {
     let c = &st.config;
+    let drop = &mut Dropout {
+        mode,
+        p: c.dropout_rate,
+    };
     let dev = dec_ids.device();
     let t = dec_ids.dim(1)?;
     let causal: Vec<f32> = (0..t)
@@ -398,25 +498,41 @@ pub(crate) fn decode(
     let dec_bias = st
         .position_bias(&st.dec_bias_table, t, t, false, dev)?
         .broadcast_add(&causal)?;
-    let mut h = embed(&st.shared, dec_ids)?;
+    let mut h = drop.apply(&embed(&st.shared, dec_ids)?)?;
     for (l, block) in blocks[c.num_layers..].iter().enumerate() {
         h = block.forward(
             &h,
             &dec_bias,
             Some((enc_out, cross_bias)),
             petl.layer(c.num_layers + l),
+            drop,
         )?;
     }
-    lm_head(st, &h)
+    let dec_out = drop.apply(&ops::rms_norm(&h, &st.dec_final, c.layer_norm_epsilon)?)?;
+    project(st, &dec_out)
 }
 
 /// Final decoder norm, the tied-embedding scale d_model^-0.5 and the LM head: `h [B,T,D]` →
 /// logits `[B,T,V]`.
 pub(crate) fn lm_head(st: &Stacks, h: &Tensor) -> Result<Tensor> {
     let c = &st.config;
-    let dec_out = ops::rms_norm(h, &st.dec_final, c.layer_norm_epsilon)?;
-    let scaled = (dec_out * (c.d_model as f64).powf(-0.5))?;
-    Ok(ops::linear(&scaled, &st.shared, None)?)
+    project(st, &ops::rms_norm(h, &st.dec_final, c.layer_norm_epsilon)?)
+}
+
+/// Normed decoder output → logits: scaled by d_model^-0.5 where the config says so (original
+/// T5), through `lm_head.weight` (untied) or the shared embedding (tied).
+fn project(st: &Stacks, dec_out: &Tensor) -> Result<Tensor> {
+    let c = &st.config;
+    let scaled = if c.scales_decoder_outputs() {
+        (dec_out * (c.d_model as f64).powf(-0.5))?
+    } else {
+        dec_out.clone()
+    };
+    Ok(ops::linear(
+        &scaled,
+        st.lm_head.as_ref().unwrap_or(&st.shared),
+        None,
+    )?)
 }
 
 #[cfg(test)]

@@ -148,18 +148,21 @@ impl TaskModel for T5TextToText {
         })
     }
 
-    fn loss(&self, batch: &Batch, _mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
+    /// The label-smoothed summed loss; dropout (the backbone's `dropout_rate`) in training
+    /// mode.
+    fn loss(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
         let decoder = batch
             .decoder_input_ids
             .as_ref()
             .ok_or_else(|| PetlError::Config("a text-to-text batch needs decoder inputs".into()))?;
         let logits = self
             .inner
-            .logits(
+            .forward(
                 &batch.input_ids,
                 &batch.attention_mask,
                 decoder,
                 &batch.task,
+                mode,
             )
             .map_err(crate::ModelError::into_petl)?;
         self.inner

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::VarMap;
 use propetl_macros::propetl;
 use propetl_runtime::{
-    NumericOverrides, PetlConfig, PetlRng, PetlSpec, PetlState, ProPetlModel, Variant,
+    ForwardMode, NumericOverrides, PetlConfig, PetlRng, PetlSpec, PetlState, ProPetlModel, Variant,
 };
 
 use super::checkpoint::T5Checkpoint;
@@ -20,14 +20,31 @@ use crate::error::Result;
 pub trait Seq2Seq: ProPetlModel {
     /// The backbone config.
     fn config(&self) -> &T5Config;
-    /// LM logits `[B, T, V]` for `task`.
+    /// LM logits `[B, T, V]` for `task`; `mode` switches dropout on (training).
+    fn forward(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+        task: &str,
+        mode: &mut ForwardMode,
+    ) -> Result<Tensor>;
+    /// LM logits `[B, T, V]` for `task`, evaluation mode (no dropout).
     fn logits(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
         decoder_input_ids: &Tensor,
         task: &str,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        self.forward(
+            ids,
+            attention_mask,
+            decoder_input_ids,
+            task,
+            &mut ForwardMode::Eval,
+        )
+    }
     /// The method page §5 loss (label smoothing 0.1, summed, pad ignored).
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         label_smoothed_loss(logits, labels, 0.1, self.config().pad_token_id)
@@ -86,6 +103,7 @@ impl T5Plain {
             ids,
             attention_mask,
             decoder_input_ids,
+            &mut ForwardMode::Eval,
         )
     }
 
@@ -130,9 +148,9 @@ macro_rules! t5_variant {
 
         impl Seq2Seq for $name {
             fn config(&self) -> &T5Config { &self.stacks.config }
-            fn logits(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str) -> Result<Tensor> {
+            fn forward(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<Tensor> {
                 let ctx = self.petl_context(task)?;
-                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids)
+                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids, mode)
             }
             fn generator(&self, task: &str) -> Result<Generator<'_>> {
                 Ok(Generator::new(&self.stacks, &self.blocks, self.petl_context(task)?))
