@@ -3,6 +3,7 @@
 mod export;
 mod generate;
 mod parity;
+mod plot;
 mod progress;
 mod report;
 
