@@ -580,3 +580,42 @@ fn a_builtin_model_run_needs_a_base_model_for_peft_but_merges_on_its_own() {
         assert!((p["positive"] - (l[1] - l[0]).exp() / z).abs() < 1e-4);
     }
 }
+
+#[test]
+fn a_regression_run_merges_into_a_regression_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("stsb");
+    let mut cfg = builtin_config(Variant::ProLora);
+    cfg.task = "stsb".parse::<Task>().unwrap();
+    train(&cfg, &run);
+    let out = dir.path().join("merged");
+    export(&run, ExportFormat::Merged, &out, &ExportOptions::default()).unwrap();
+    let c = json(&out.join("config.json"));
+    assert_eq!(c["problem_type"], "regression");
+    assert_eq!(c["id2label"], serde_json::json!({"0": "LABEL_0"}));
+    let pairs = [
+        ("a man is playing", "a man plays"),
+        ("the cat sat", "a dog ran"),
+    ];
+    let inputs: Vec<PredictInput> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| PredictInput {
+            id: i.to_string(),
+            text: a.to_string(),
+            text_pair: Some(b.to_string()),
+        })
+        .collect();
+    let got = MergedClassifier::load(&out, &Device::Cpu)
+        .unwrap()
+        .logits(&inputs, 2)
+        .unwrap();
+    let want = Predictor::load(&run, None)
+        .unwrap()
+        .predict(&inputs, 2, &mut |_| {})
+        .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.len(), 1);
+        assert!((g[0] - w.score.unwrap()).abs() < 1e-4, "{g:?} vs {w:?}");
+    }
+}

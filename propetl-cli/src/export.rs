@@ -8,7 +8,7 @@ use anyhow::Result;
 use propetl::export::{export, ExportFormat, ExportOptions};
 
 /// Arguments of `propetl export`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     /// The run directory (written by `train`; a `lora` or `pro_lora` run).
     run: PathBuf,
@@ -52,4 +52,63 @@ pub fn run(args: &ExportArgs) -> Result<ExitCode> {
         s.files.join(", ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ExportArgs,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<ExportArgs, String> {
+        Cli::try_parse_from(std::iter::once("export").chain(args.iter().copied()))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn formats_are_named_and_checked() {
+        let a = parse(&["runs/x", "--format", "peft", "--out", "o"]).unwrap();
+        assert_eq!(a.format, ExportFormat::Peft);
+        let a = parse(&["runs/x", "--format", "merged", "--out", "o", "--overwrite"]).unwrap();
+        assert!(a.format == ExportFormat::Merged && a.overwrite);
+        let e = parse(&["runs/x", "--format", "onnx", "--out", "o"]).unwrap_err();
+        assert!(
+            e.contains("unknown export format `onnx` (peft, merged)"),
+            "{e}"
+        );
+        let e = parse(&["runs/x", "--format", "peft"]).unwrap_err();
+        assert!(e.contains("--out"), "{e}");
+    }
+
+    #[test]
+    fn errors_come_back_as_errors_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let o = out.to_str().unwrap();
+        let a = parse(&[
+            "nope",
+            "--format",
+            "merged",
+            "--out",
+            o,
+            "--base-model",
+            "x/y",
+        ])
+        .unwrap();
+        let e = run(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("--base-model is only used by --format peft"),
+            "{e}"
+        );
+        let a = parse(&["nope", "--format", "peft", "--out", o]).unwrap();
+        let e = format!("{:#}", run(&a).unwrap_err());
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!out.exists());
+    }
 }
