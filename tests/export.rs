@@ -396,6 +396,10 @@ fn propetl_predict_matches_peft_and_transformers_on_the_committed_logits() {
         // the run itself (re-created from the fixture config, bit-deterministic)
         let got = run_logits(run, &texts);
         let d = max_abs_diff(&got, &want_peft);
+        eprintln!(
+            "{variant}: |propetl - PEFT| {d:.2e}, |propetl - transformers merged| {:.2e}, LoRA effect {effect:.2e}",
+            max_abs_diff(&got, &want_merged)
+        );
         assert!(d < 1e-4, "{variant}: propetl vs PEFT logits differ by {d}");
         let d = max_abs_diff(&got, &want_merged);
         assert!(
