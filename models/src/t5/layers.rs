@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use propetl_runtime::{ops, ForwardMode, LayerPetl, PetlContext, PetlSites, Sites};
+use propetl_runtime::{ops, ForwardMode, LayerPetl, LoraTarget, PetlContext, PetlSites, Sites};
 
 use super::checkpoint::T5Checkpoint;
 use super::config::T5Config;
@@ -44,24 +44,51 @@ impl Attention {
             .contiguous()
     }
 
+    /// `lin(x)` plus the LoRA update of `target` where `lora` has one (self-attention q/v).
+    fn proj(
+        lin: &Linear,
+        x: &Tensor,
+        lora: Option<&LayerPetl>,
+        target: LoraTarget,
+    ) -> candle_core::Result<Tensor> {
+        let y = lin.forward(x)?;
+        let delta = match lora {
+            Some(petl) => petl
+                .lora_delta(target, x)
+                .map_err(candle_core::Error::wrap)?,
+            None => None,
+        };
+        match delta {
+            Some(d) => y.add(&d),
+            None => Ok(y),
+        }
+    }
+
     /// Keys and values `[B, H, Sk, d_kv]` of `kv [B,Sk,D]` (what a key/value cache holds).
-    fn keys_values(&self, kv: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    fn keys_values(
+        &self,
+        kv: &Tensor,
+        lora: Option<&LayerPetl>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
             self.split(self.k.forward(kv)?)?,
-            self.split(self.v.forward(kv)?)?,
+            self.split(Self::proj(&self.v, kv, lora, LoraTarget::V)?)?,
         ))
     }
 
-    /// `x [B,Sq,D]` attends to `kv [B,Sk,D]`; `bias [B|1, H, Sq, Sk]` (positions + attention mask).
+    /// `x [B,Sq,D]` attends to `kv [B,Sk,D]`; `bias [B|1, H, Sq, Sk]` (positions + attention
+    /// mask); `lora`: the block's PETL for self-attention (LoRA on q and v), `None` for
+    /// cross-attention.
     fn forward(
         &self,
         x: &Tensor,
         kv: &Tensor,
         bias: &Tensor,
+        lora: Option<&LayerPetl>,
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
-        let (k, v) = self.keys_values(kv)?;
-        self.attend(x, &k, &v, bias, drop)
+        let (k, v) = self.keys_values(kv, lora)?;
+        self.attend(x, &k, &v, bias, lora, drop)
     }
 
     /// `x [B,Sq,D]` attends to projected keys and values `[B, H, Sk, d_kv]`.
@@ -71,10 +98,11 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         bias: &Tensor,
+        lora: Option<&LayerPetl>,
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let (b, sq, _) = x.dims3()?;
-        let q = self.split(self.q.forward(x)?)?;
+        let q = self.split(Self::proj(&self.q, x, lora, LoraTarget::Q)?)?;
         // T5 does not scale scores by 1/sqrt(d_kv)
         let scores = q
             .matmul(&k.transpose(2, 3)?.contiguous()?)?
@@ -159,11 +187,11 @@ impl T5Block {
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
-        let a = self.self_attn.forward(&n, &n, bias, drop)?;
+        let a = self.self_attn.forward(&n, &n, bias, Some(petl), drop)?;
         let mut h = h.add(&drop.apply(&a)?)?;
         if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
             let n = ops::rms_norm(&h, norm, self.eps)?;
-            let a = attn.forward(&n, enc_out, enc_bias, drop)?;
+            let a = attn.forward(&n, enc_out, enc_bias, None, drop)?;
             h = h.add(&drop.apply(&a)?)?;
         }
         self.feed_forward(&h, petl, drop)
@@ -200,7 +228,7 @@ impl T5Block {
             .cross
             .as_ref()
             .ok_or_else(|| ModelError::Input("cross-attention keys of an encoder block".into()))?;
-        Ok(attn.keys_values(enc_out)?)
+        Ok(attn.keys_values(enc_out, None)?)
     }
 
     /// One decoder step with a key/value cache: `h [B,1,D]` is the newest position; its
@@ -223,17 +251,17 @@ impl T5Block {
             p: 0.0,
         };
         let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
-        let (k, v) = self.self_attn.keys_values(&n)?;
+        let (k, v) = self.self_attn.keys_values(&n, Some(petl))?;
         let (k, v) = match cache.self_kv.take() {
             Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
             None => (k, v),
         };
-        let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias, drop)?)?;
+        let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias, Some(petl), drop)?)?;
         cache.self_kv = Some((k, v));
         if let Some((attn, norm)) = &self.cross {
             let n = ops::rms_norm(&h, norm, self.eps)?;
             let (ck, cv) = &cache.cross_kv;
-            h = h.add(&attn.attend(&n, ck, cv, enc_bias, drop)?)?;
+            h = h.add(&attn.attend(&n, ck, cv, enc_bias, None, drop)?)?;
         }
         Ok(self.feed_forward(&h, petl, drop)?)
     }
@@ -259,8 +287,15 @@ impl LayerCache {
 }
 
 impl PetlSites for T5Block {
-    /// One adapter after the FFN of every encoder and decoder block (method page §5).
-    const SITES: Sites = Sites::ADAPTER;
+    /// One adapter after the FFN of every encoder and decoder block (method page §5), and LoRA
+    /// on the self-attention query and value projections of every block. (Cross-attention
+    /// q/v, which PEFT's `target_modules = ["q", "v"]` also matches, has no site: a block has
+    /// one PETL module per target.)
+    const SITES: Sites = Sites {
+        adapter: true,
+        lora: &[LoraTarget::Q, LoraTarget::V],
+        prefix: false,
+    };
 }
 
 /// T5's relative-position bucket (transformers' `_relative_position_bucket`).

@@ -47,4 +47,4 @@ pub use generate::{until_eos, EarlyStopping, GenerationConfig, Generator, T5Toke
 pub use layers::{relative_position_bucket, T5Block};
 pub use loss::label_smoothed_loss;
 pub use text_to_text::{LabelTarget, T5TextToText, TextTask};
-pub use variants::{build, spec, Seq2Seq, T5Adapter, T5Plain, T5ProAdapter};
+pub use variants::{build, spec, Seq2Seq, T5Adapter, T5Lora, T5Plain, T5ProAdapter, T5ProLora};

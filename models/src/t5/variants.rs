@@ -168,6 +168,18 @@ t5_variant!(
     T5Adapter, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "none"
 );
 
+t5_variant!(
+    /// Multi-task ProLoRA-T5: one LoRA pair (r 32, α 48) on the self-attention q and v of
+    /// every encoder and decoder block, shared by all blocks and tasks; task masks `or` block
+    /// masks, keep 0.1 (the paper's LoRA density).
+    T5ProLora, lora(r = 32, alpha = 48), share = "layers+tasks", combine = "or", keep = 0.1
+);
+t5_variant!(
+    /// Baseline: LoRA (r 32, α 48) on the self-attention q and v of every block, one pair per
+    /// block, shared by the tasks, no masks.
+    T5Lora, lora(r = 32, alpha = 48), share = "none"
+);
+
 type Builder = fn(
     &T5Checkpoint,
     &[&str],
@@ -176,9 +188,9 @@ type Builder = fn(
     &mut PetlRng,
 ) -> Result<Box<dyn Seq2Seq>>;
 
-/// The variants T5 supports (its blocks have only the adapter site): (variant, spec,
-/// constructor).
-const VARIANTS: [(Variant, PetlConfig, Builder); 2] = [
+/// The variants T5 supports (its blocks have the adapter site and LoRA on self-attention q/v;
+/// no prefix site): (variant, spec, constructor).
+const VARIANTS: [(Variant, PetlConfig, Builder); 4] = [
     (
         Variant::ProAdapter,
         T5ProAdapter::PROPETL,
@@ -187,6 +199,12 @@ const VARIANTS: [(Variant, PetlConfig, Builder); 2] = [
     (Variant::Adapter, T5Adapter::PROPETL, |c, t, o, v, r| {
         Ok(Box::new(T5Adapter::from_checkpoint(c, t, o, v, r)?))
     }),
+    (Variant::ProLora, T5ProLora::PROPETL, |c, t, o, v, r| {
+        Ok(Box::new(T5ProLora::from_checkpoint(c, t, o, v, r)?))
+    }),
+    (Variant::Lora, T5Lora::PROPETL, |c, t, o, v, r| {
+        Ok(Box::new(T5Lora::from_checkpoint(c, t, o, v, r)?))
+    }),
 ];
 
 fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
@@ -194,7 +212,7 @@ fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
         &VARIANTS,
         variant,
         "T5",
-        "; its blocks declare only the adapter site",
+        "; its blocks declare the adapter site and LoRA on self-attention q/v, no prefix site",
     )
 }
 
@@ -212,7 +230,20 @@ pub fn build(
     varmap: &VarMap,
     rng: &mut PetlRng,
 ) -> Result<Box<dyn Seq2Seq>> {
-    (entry(variant)?.2)(ckpt, tasks, overrides, varmap, rng)
+    let (_, spec, builder) = entry(variant)?;
+    let c = &ckpt.config;
+    if matches!(spec.method, propetl_runtime::Method::Lora { .. })
+        && c.num_heads * c.d_kv != c.d_model
+    {
+        return Err(crate::ModelError::Config(format!(
+            "LoRA on T5 q/v needs num_heads · d_kv = d_model (the LoRA update has the model's width); this checkpoint has {} · {} = {} ≠ {}",
+            c.num_heads,
+            c.d_kv,
+            c.num_heads * c.d_kv,
+            c.d_model
+        )));
+    }
+    builder(ckpt, tasks, overrides, varmap, rng)
 }
 
 #[cfg(test)]
