@@ -42,21 +42,15 @@ pub struct HubSettings {
     pub progress: bool,
 }
 
-/// Whether an environment flag such as `HF_HUB_OFFLINE` is set to a true value (`1`, `ON`,
-/// `YES`, `TRUE`, any case), as `huggingface_hub` reads it.
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| {
+/// Whether a flag such as `HF_HUB_OFFLINE` holds a true value (`1`, `ON`, `YES`, `TRUE`, any
+/// case), as `huggingface_hub` reads it.
+fn is_true(value: Option<String>) -> bool {
+    value.is_some_and(|v| {
         matches!(
             v.trim().to_ascii_uppercase().as_str(),
             "1" | "ON" | "YES" | "TRUE"
         )
     })
-}
-
-fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
 }
 
 impl HubSettings {
@@ -66,8 +60,15 @@ impl HubSettings {
     /// `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) is true; `HF_ENDPOINT`; `HF_TOKEN` or the
     /// token file beside the cache (`HF_HOME/token`).
     pub fn from_env() -> Self {
-        let hf_home = env_path("HF_HOME")
-            .or_else(|| env_path("XDG_CACHE_HOME").map(|d| d.join("huggingface")))
+        Self::from_vars(&|name| std::env::var(name).ok())
+    }
+
+    /// [`HubSettings::from_env`] over any source of variables (`get("HF_HOME")`), e.g. a
+    /// map in tests.
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Self {
+        let path = |name: &str| get(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let hf_home = path("HF_HOME")
+            .or_else(|| path("XDG_CACHE_HOME").map(|d| d.join("huggingface")))
             .unwrap_or_else(|| {
                 // hf-hub's default: ~/.cache/huggingface/hub
                 hf_hub::Cache::default()
@@ -76,11 +77,10 @@ impl HubSettings {
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| PathBuf::from(".cache/huggingface"))
             });
-        let cache_dir = env_path("HF_HUB_CACHE")
-            .or_else(|| env_path("HUGGINGFACE_HUB_CACHE"))
+        let cache_dir = path("HF_HUB_CACHE")
+            .or_else(|| path("HUGGINGFACE_HUB_CACHE"))
             .unwrap_or_else(|| hf_home.join("hub"));
-        let token = std::env::var("HF_TOKEN")
-            .ok()
+        let token = get("HF_TOKEN")
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .or_else(|| {
@@ -91,8 +91,8 @@ impl HubSettings {
             });
         Self {
             cache_dir,
-            offline: env_flag("HF_HUB_OFFLINE") || env_flag("TRANSFORMERS_OFFLINE"),
-            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+            offline: is_true(get("HF_HUB_OFFLINE")) || is_true(get("TRANSFORMERS_OFFLINE")),
+            endpoint: get("HF_ENDPOINT").filter(|e| !e.is_empty()),
             token,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         }
@@ -457,6 +457,52 @@ fn download_dataset(id: &HubId, needed: &[&str], settings: &HubSettings) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_follow_the_hugging_face_variables() {
+        let from = |vars: &[(&str, &str)]| {
+            let vars: std::collections::HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            HubSettings::from_vars(&move |k| vars.get(k).cloned())
+        };
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("token"), "hf_file\n").unwrap();
+        let h = home.path().to_str().unwrap();
+        // HF_HUB_CACHE > HUGGINGFACE_HUB_CACHE > HF_HOME/hub > XDG_CACHE_HOME/huggingface/hub
+        let s = from(&[
+            ("HF_HUB_CACHE", "/a"),
+            ("HUGGINGFACE_HUB_CACHE", "/b"),
+            ("HF_HOME", h),
+        ]);
+        assert_eq!(s.cache_dir, PathBuf::from("/a"));
+        let s = from(&[("HUGGINGFACE_HUB_CACHE", "/b"), ("HF_HOME", h)]);
+        assert_eq!(s.cache_dir, PathBuf::from("/b"));
+        let s = from(&[("HF_HOME", h), ("XDG_CACHE_HOME", "/x")]);
+        assert_eq!(s.cache_dir, home.path().join("hub"));
+        // the token file beside the cache, unless HF_TOKEN
+        assert_eq!(s.token.as_deref(), Some("hf_file"));
+        let s = from(&[("HF_HOME", h), ("HF_TOKEN", "hf_env")]);
+        assert_eq!(s.token.as_deref(), Some("hf_env"));
+        let s = from(&[("XDG_CACHE_HOME", "/x")]);
+        assert_eq!(s.cache_dir, PathBuf::from("/x/huggingface/hub"));
+        assert!(from(&[]).cache_dir.ends_with(".cache/huggingface/hub"));
+        // offline flags as huggingface_hub reads them
+        for (v, offline) in [("1", true), ("ON", true), ("yes", true), ("True", true)] {
+            assert_eq!(from(&[("HF_HUB_OFFLINE", v)]).offline, offline, "{v}");
+        }
+        for v in ["0", "", "false", "off"] {
+            assert!(!from(&[("HF_HUB_OFFLINE", v)]).offline, "{v}");
+        }
+        assert!(from(&[("TRANSFORMERS_OFFLINE", "1")]).offline);
+        assert_eq!(
+            from(&[("HF_ENDPOINT", "http://mirror")])
+                .endpoint
+                .as_deref(),
+            Some("http://mirror")
+        );
+    }
 
     #[test]
     fn hub_ids_parse_by_the_hub_rules() {
