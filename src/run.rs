@@ -1062,7 +1062,8 @@ fn train_multi_in(
         skipped_rows: skipped,
         wall_seconds: start.elapsed().as_secs_f64(),
         epochs: observer.logs.clone(),
-        glue_average: crate::metrics::glue_average(&by_glue),
+        // undefined (None) unless all eight tasks ran and every number is one
+        glue_average: crate::metrics::glue_average(&by_glue).filter(|a| a.is_finite()),
         tasks: scores,
     };
     atomic_write(
