@@ -48,12 +48,13 @@ const BUILTIN_CONFIG: &str = include_str!("../tests/fixtures/tiny-roberta/config
 const BUILTIN_TOKENIZER: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/tokenizer.json");
 
 /// Tokenizer files copied from the model folder into a merged checkpoint when present.
-const TOKENIZER_FILES: [&str; 5] = [
+const TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.json",
     "merges.txt",
+    "sentencepiece.bpe.model",
 ];
 
 /// What to write.
@@ -235,7 +236,14 @@ fn load_run(dir: &Path, format: ExportFormat) -> Result<LoadedRun> {
     let model_dir = cfg
         .model_dir
         .as_ref()
-        .map(crate::hub::resolve_model)
+        .map(|d| {
+            crate::hub::resolve_model(d).with_context(|| {
+                format!(
+                    "the model of run {} (`model_dir` in its config.toml)",
+                    dir.display()
+                )
+            })
+        })
         .transpose()?;
     let ckpt = match &model_dir {
         Some(d) => Checkpoint::open(d, &dev)

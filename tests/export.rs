@@ -623,3 +623,29 @@ fn a_regression_run_merges_into_a_regression_checkpoint() {
         assert!((g[0] - w.score.unwrap()).abs() < 1e-4, "{g:?} vs {w:?}");
     }
 }
+
+#[test]
+fn a_run_whose_model_folder_is_gone_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("moved");
+    std::fs::create_dir(&run).unwrap();
+    for f in ["config.toml", "task.json", BEST_FILE] {
+        std::fs::copy(runs().pro_lora.join(f), run.join(f)).unwrap();
+    }
+    let gone = dir.path().join("no/such/model");
+    let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let from = tiny_roberta().display().to_string();
+    assert!(text.contains(&from), "{text}");
+    let text = text.replace(&from, gone.to_str().unwrap());
+    std::fs::write(run.join("config.toml"), text).unwrap();
+    let out = dir.path().join("out");
+    let e = format!(
+        "{:#}",
+        export(&run, ExportFormat::Merged, &out, &ExportOptions::default()).unwrap_err()
+    );
+    assert!(
+        e.contains("model_dir") && e.contains(gone.to_str().unwrap()),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
