@@ -232,8 +232,10 @@ fn write_parquet(path: &Path, cols: Vec<(&str, Col)>) {
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // snappy as the Hub writes; small row groups, so files span several
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(7))
         .build();
     let mut w =
         ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
@@ -593,6 +595,15 @@ fn custom_parquet_loads_the_same_examples_as_jsonl_and_fails_clearly() {
     let b = custom(&pt, &pd).splits(7, false).unwrap();
     same_examples(&a, &b);
     assert_eq!(b.train.len(), 20);
+    // one column for both texts of a pair
+    let pair = |c: CustomData| CustomData {
+        text_pair_column: Some("review".into()),
+        ..c
+    };
+    let a = pair(custom(&jt, &jd)).splits(7, false).unwrap();
+    let b = pair(custom(&pt, &pd)).splits(7, false).unwrap();
+    same_examples(&a, &b);
+    assert_eq!(b.train[3].text_b.as_ref(), Some(&b.train[3].text_a));
     let numeric = |c: CustomData| CustomData { labels: None, ..c };
     let (jt, jd) = (jsonl("train-n.jsonl", true), jsonl("dev-n.jsonl", true));
     let (pt, pd) = (

@@ -223,8 +223,9 @@ fn read_table(path: &Path, bytes: Vec<u8>, wanted: &[(&str, Want)], layout: &str
     for batch in reader {
         let batch = batch.map_err(|e| anyhow::anyhow!("{}: reading: {e}", path.display()))?;
         rows += batch.num_rows();
-        for (name, _) in wanted {
-            if let (Some(col), Some(out)) = (batch.column_by_name(name), columns.get_mut(*name)) {
+        // one entry per distinct name (a column may be wanted twice)
+        for (name, out) in columns.iter_mut() {
+            if let Some(col) = batch.column_by_name(name) {
                 out.extend(cells(col.as_ref()));
             }
         }
