@@ -53,7 +53,8 @@ enum Command {
     /// Train a variant on a task (GLUE, sentiment or custom data) and write a run directory.
     Train(TrainArgs),
     /// Predict with the best state of a run: JSONL / CSV / TSV (named columns) or plain lines in,
-    /// one JSON object per input out (id, label, probabilities or score), in input order.
+    /// one JSON object per input out (id, label, probabilities or score; T5 runs: the generated
+    /// text; multi-task runs: each row's task), in input order.
     Predict {
         /// The run directory (written by `train`).
         run: PathBuf,
@@ -72,6 +73,13 @@ enum Command {
         /// Column of the id (default: the row number).
         #[arg(long)]
         id_column: Option<String>,
+        /// Column of each row's task (multi-task runs; default: `task`, read when the run has
+        /// several tasks).
+        #[arg(long)]
+        task_column: Option<String>,
+        /// The task of every row (instead of a task column).
+        #[arg(long)]
+        task: Option<String>,
         /// Inputs per forward pass.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
@@ -457,10 +465,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             text_column,
             text_pair_column,
             id_column,
+            task_column,
+            task,
             batch_size,
             device,
         } => {
-            use propetl::predict::{read_inputs, Columns, InputFormat, Predictor};
+            use propetl::predict::{read_rows, row_tasks, run_task_names, Columns, InputFormat};
+            use propetl::predict::{PredictInput, Predictor};
             use std::io::{Read, Write};
             if batch_size == 0 {
                 anyhow::bail!("--batch-size must be at least 1");
@@ -486,20 +497,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     input.display().to_string(),
                 )
             };
+            // every row's task is checked against the run's before the model is loaded
+            let run_tasks = run_task_names(&dir)?;
+            row_tasks(&[], &run_tasks, task.as_deref())?;
+            let task_column = match (&task, task_column) {
+                (Some(_), _) => None,
+                (None, Some(c)) => Some(c),
+                (None, None) if run_tasks.len() > 1 => Some("task".to_string()),
+                (None, None) => None,
+            };
             let columns = Columns {
                 id: id_column,
                 text: text_column,
                 text_pair: text_pair_column,
+                task: task_column,
             };
-            let inputs = read_inputs(&text, format, &columns, &source)?;
+            let rows = read_rows(&text, format, &columns, &source)?;
+            let tasks = row_tasks(&rows, &run_tasks, task.as_deref())?;
+            let inputs: Vec<PredictInput> = rows.into_iter().map(|r| r.input).collect();
             let predictor = Predictor::load(&dir, device)?;
             let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 indicatif::ProgressBar::new(inputs.len() as u64)
             } else {
                 indicatif::ProgressBar::hidden()
             };
-            let outputs =
-                predictor.predict(&inputs, batch_size, &mut |n| bar.set_position(n as u64))?;
+            let outputs = predictor.predict_tasks(&inputs, &tasks, batch_size, &mut |n| {
+                bar.set_position(n as u64)
+            })?;
             bar.finish_and_clear();
             let mut stdout = std::io::stdout().lock();
             for o in outputs {
