@@ -199,6 +199,12 @@ pub fn resolve_model_with(spec: &Path, settings: &HubSettings) -> Result<PathBuf
     };
     let folder = id.cache_folder(&settings.cache_dir);
     let cached = match cached_snapshot(&id, &settings.cache_dir) {
+        // a cached model without its tokenizer (another client fetched only some files):
+        // online, complete it when the repository has one; otherwise, or when that fails,
+        // the snapshot as it is
+        Ok(dir) if !settings.offline && !OPTIONAL_FILES.iter().all(|f| dir.join(f).is_file()) => {
+            return Ok(download(&id, settings).unwrap_or(dir))
+        }
         Ok(dir) => return Ok(dir),
         Err(why) => why,
     };

@@ -203,6 +203,18 @@ fn an_uncached_id_with_the_hub_unreachable_fails_naming_the_id_the_cache_and_the
     ] {
         assert!(err.contains(&needle), "`{needle}` missing from: {err}");
     }
+    // a cached model without its tokenizer: online, completing it is tried; when the Hub is
+    // unreachable, the snapshot as it is
+    let snapshot = add_to_cache(
+        empty.path(),
+        "org/no-tokenizer",
+        &fixtures().join("tiny-roberta"),
+        &["config.json", "model.safetensors"],
+    );
+    assert_eq!(
+        resolve_model_with(Path::new("org/no-tokenizer"), &settings).unwrap(),
+        snapshot
+    );
 }
 
 // ---------------------------------------------------------------------------------------
