@@ -245,6 +245,20 @@ fn load_run(dir: &Path, format: ExportFormat) -> Result<LoadedRun> {
             })
         })
         .transpose()?;
+    if let Some(d) = &model_dir {
+        let model_type = std::fs::read_to_string(d.join("config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|v| v["model_type"].as_str().map(str::to_owned));
+        if model_type.as_deref() == Some("t5") {
+            bail!(
+                "{} is a T5 run: export writes RoBERTa-family sequence classifiers (PEFT \
+                 SEQ_CLS adapters, RobertaForSequenceClassification checkpoints); T5 runs \
+                 cannot be exported yet",
+                dir.display()
+            );
+        }
+    }
     let ckpt = match &model_dir {
         Some(d) => Checkpoint::open(d, &dev)
             .with_context(|| format!("opening the run's model folder {}", d.display()))?,

@@ -649,3 +649,28 @@ fn a_run_whose_model_folder_is_gone_is_refused_naming_it() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_t5_run_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("t5");
+    std::fs::create_dir(&run).unwrap();
+    for f in ["config.toml", "task.json", BEST_FILE] {
+        std::fs::copy(runs().lora.join(f), run.join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let t5 = root().join("tests/fixtures/tiny-t5");
+    let text = text.replace(&tiny_roberta().display().to_string(), t5.to_str().unwrap());
+    std::fs::write(run.join("config.toml"), text).unwrap();
+    for format in [ExportFormat::Peft, ExportFormat::Merged] {
+        let out = dir.path().join(format.name());
+        let e = export(&run, format, &out, &ExportOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is a T5 run") && e.contains("cannot be exported yet"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+}
