@@ -543,8 +543,9 @@ where
     (entries_w.max(notes_w) + 3 * LEGEND_PAD) as u32
 }
 
-/// Draw a legend in `area` (its own strip, beside the plots it explains): one row per entry,
-/// then the notes in a smaller grey font.
+/// Draw a legend in `area` (its own strip, beside the plots it explains) from `top` pixels
+/// down: one row per entry, then the notes in a smaller grey font; rows shrink (to half
+/// size at most) when there are more than the strip's height holds.
 pub fn draw_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     top: i32,
@@ -554,22 +555,23 @@ pub fn draw_legend<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let font = (FAMILY, LEGEND_FONT)
+    // many entries: rows (and fonts) shrink so that the legend fits its strip
+    let (_, h) = area.dim_in_pixel();
+    let lines = entries.len() as f64 + 0.33 + notes.len() as f64 * 0.86;
+    let scale = ((h as f64 - top as f64 - 4.0) / (lines * LEGEND_ROW as f64)).clamp(0.5, 1.0);
+    let row = (LEGEND_ROW as f64 * scale).round() as i32;
+    let size = |s: u32| (s as f64 * scale).round().max(8.0);
+    let left_center = text_anchor::Pos::new(text_anchor::HPos::Left, text_anchor::VPos::Center);
+    let font = (FAMILY, size(LEGEND_FONT))
         .into_font()
         .color(&BLACK)
-        .pos(text_anchor::Pos::new(
-            text_anchor::HPos::Left,
-            text_anchor::VPos::Center,
-        ));
-    let note_font = (FAMILY, LEGEND_FONT - 2)
+        .pos(left_center);
+    let note_font = (FAMILY, size(LEGEND_FONT - 2))
         .into_font()
         .color(&RGBColor(90, 90, 90))
-        .pos(text_anchor::Pos::new(
-            text_anchor::HPos::Left,
-            text_anchor::VPos::Center,
-        ));
+        .pos(left_center);
     let x0 = LEGEND_PAD;
-    let mut y = top + LEGEND_ROW / 2;
+    let mut y = top + row / 2;
     for e in entries {
         if e.line {
             area.draw(&PathElement::new(
@@ -578,20 +580,21 @@ where
             ))?;
         }
         if let Some(m) = e.marker {
+            let r = (5.0 * scale).round().max(3.0) as i32;
             area.draw(&marker_element!(
                 m,
                 (x0 + (LEGEND_SAMPLE - 4) / 2, y),
-                5,
+                r,
                 e.color
             ))?;
         }
         area.draw_text(&e.label, &font, (x0 + LEGEND_SAMPLE + 4, y))?;
-        y += LEGEND_ROW;
+        y += row;
     }
-    y += LEGEND_ROW / 3;
+    y += row / 3;
     for n in notes {
         area.draw_text(n, &note_font, (x0, y))?;
-        y += LEGEND_ROW - 3;
+        y += row * 86 / 100;
     }
     Ok(())
 }
@@ -801,6 +804,7 @@ where
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 15))
         .draw()?;
+    let mut notes_at: Vec<((i32, i32), String)> = Vec::new();
     for (m, reference, c, marker) in &methods {
         let mut pts: Vec<(f64, f64, f64, &StoragePoint)> = points
             .iter()
@@ -833,13 +837,34 @@ where
         for &(x, y, _, _) in &pts {
             chart.draw_series(std::iter::once(marker_element!(marker, (x, y), r, *c)))?;
         }
-        let note_font = (FAMILY, 12).into_font().color(&RGBColor(70, 70, 70));
         for &(x, y, _, p) in &pts {
             if let Some(note) = &p.note {
-                chart.draw_series(std::iter::once(
-                    EmptyElement::at((x, y)) + Text::new(note.clone(), (8, -16), note_font.clone()),
-                ))?;
+                notes_at.push((chart.backend_coord(&(x, y)), note.clone()));
             }
+        }
+    }
+    // point notes beside their points, never over one another: up-right, down-right, up-left
+    // or down-left of the point, whichever is free first; a note with no free place is left
+    // out (the legend still names the method)
+    let note_font = TextStyle::from((FAMILY, 12).into_font()).color(&RGBColor(70, 70, 70));
+    let (bx, by) = plot_area.get_base_pixel();
+    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+    for ((px, py), note) in notes_at {
+        let (w, h) = plot_area
+            .estimate_text_size(&note, &note_font)
+            .map(|(w, h)| (w as i32, h as i32))
+            .unwrap_or((note.chars().count() as i32 * 7, 12));
+        let spot = [(8, -h - 4), (8, 4), (-8 - w, -h - 4), (-8 - w, 4)]
+            .into_iter()
+            .map(|(dx, dy)| (px + dx, py + dy, px + dx + w, py + dy + h))
+            .find(|b| {
+                !placed
+                    .iter()
+                    .any(|o| b.0 < o.2 && o.0 < b.2 && b.1 < o.3 && o.1 < b.3)
+            });
+        if let Some(b) = spot {
+            plot_area.draw_text(&note, &note_font, (b.0 - bx, b.1 - by))?;
+            placed.push(b);
         }
     }
     draw_legend(&legend_area, 50, &entries, &notes)?;

@@ -351,6 +351,12 @@ fn epoch_stats(
 }
 
 impl ReportFigure<'_> {
+    /// Whether the epoch curves get ± std bands: only while they stay readable (at most six
+    /// configurations with several seeds).
+    fn bands(&self) -> bool {
+        self.groups.iter().filter(|g| g.runs.len() > 1).count() <= 6
+    }
+
     fn legend(&self) -> Vec<LegendEntry> {
         self.order
             .iter()
@@ -406,10 +412,12 @@ impl ReportFigure<'_> {
             .label_style((FAMILY, 14))
             .axis_desc_style((FAMILY, 15))
             .draw()?;
+        // ± std bands while they stay readable: for at most six configurations with seeds
+        let bands = self.bands();
         for &i in &self.order {
             let pts = &stats[i];
             let (c, marker) = self.styles[i];
-            if pts.iter().any(|p| p.2 > 0.0) {
+            if bands && pts.iter().any(|p| p.2 > 0.0) {
                 let band: Vec<(f64, f64)> = pts
                     .iter()
                     .map(|p| (p.0, p.1 + p.2))
@@ -444,7 +452,9 @@ impl Figure for ReportFigure<'_> {
         let mut notes = Vec::new();
         if self.groups.iter().any(|g| g.runs.len() > 1) {
             notes.push("lines: mean over seeds".into());
-            notes.push("bands: ± std".into());
+            if self.bands() {
+                notes.push("bands: ± std".into());
+            }
         }
         let lw = legend_width(&top, &entries, &notes).min(w / 3);
         let (panels, legend_area) = top.split_horizontally(w - lw);
