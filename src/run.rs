@@ -285,7 +285,9 @@ impl RunConfig {
         }
         let spec = match family {
             ModelFamily::Encoder => roberta::spec(self.variant),
-            ModelFamily::TextToText => propetl_models::t5::spec(self.variant),
+            ModelFamily::TextToText => {
+                propetl_models::t5::spec_for(self.variant, self.run_tasks().len())
+            }
         };
         spec.and_then(|spec| Ok(self.petl.apply(&spec)?))
             .with_context(|| format!("[petl] overrides of variant `{}`", self.variant))?;
@@ -1041,8 +1043,12 @@ fn train_multi_in(
         .iter()
         .filter_map(|t| Some((t.task.glue()?, scores[&t.petl_task].test.clone())))
         .collect();
-    let mean_selection =
-        scores.values().map(|s| s.test.selection).sum::<f64>() / scores.len().max(1) as f64;
+    // as in model selection: a task whose metric is undefined counts as 0
+    let mean_selection = scores
+        .values()
+        .map(|s| crate::train::finite_or_zero(s.test.selection))
+        .sum::<f64>()
+        / scores.len().max(1) as f64;
     let total = |f: fn(&SplitSizes) -> usize| scores.values().map(|s| f(&s.sizes)).sum();
     let report = RunReport {
         task: cfg.task,
@@ -1083,7 +1089,11 @@ pub fn evaluate_run(dir: &Path, split: &str) -> Result<Metrics> {
     if scores.len() == 1 {
         return Ok(scores.into_values().next().expect("one task"));
     }
-    let mean = scores.values().map(|m| m.selection).sum::<f64>() / scores.len() as f64;
+    let mean = scores
+        .values()
+        .map(|m| crate::train::finite_or_zero(m.selection))
+        .sum::<f64>()
+        / scores.len() as f64;
     Ok(Metrics {
         selection: mean,
         ..Default::default()

@@ -560,11 +560,21 @@ pub fn temperature_probabilities(sizes: &[usize], temperature: f64) -> Result<Ve
     Ok(weights.into_iter().map(|w| w / sum).collect())
 }
 
+/// A metric for averaging over tasks: NaN (undefined) counts as 0.
+pub fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
 /// Multi-task training (method page §5): every step trains on one task's batch, the task drawn
 /// with [`temperature_probabilities`]; an epoch has as many steps as all tasks have batches;
 /// each task's batches come from its own length-bucketed shuffle, refilled when used up. After
 /// every epoch each task with an eval split is evaluated with its own masks. The observer sees
-/// every step and an aggregate [`EpochLog`] (mean loss; selection = mean of the tasks').
+/// every step and an aggregate [`EpochLog`] (mean loss; selection = mean of the tasks', an
+/// undefined one counting as 0).
 /// Reproducible from the seed; not checkpointed (a multi-task run restarts from scratch).
 pub fn train_multi_task(
     model: &mut dyn TaskModel,
@@ -628,7 +638,9 @@ pub fn train_multi_task(
             }
             let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
             let all: Vec<f64> = losses.iter().flatten().copied().collect();
-            let selections: Vec<f64> = eval.values().map(|m| m.selection).collect();
+            // a task whose metric is undefined (e.g. the correlation of constant predictions,
+            // common in early epochs) counts as 0, so it cannot make every epoch's mean NaN
+            let selections: Vec<f64> = eval.values().map(|m| finite_or_zero(m.selection)).collect();
             let log = MultiTaskEpochLog {
                 epoch,
                 train_loss: tasks

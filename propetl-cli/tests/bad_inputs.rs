@@ -1026,9 +1026,15 @@ fn bad_model_configs_name_the_key() {
             &["hidden_act", "swishy"],
         ),
         model_case(
-            "model_type_t5",
+            "model_type_unknown",
+            r#"{"model_type": "gpt2"}"#,
+            &["model_type", "gpt2"],
+        ),
+        // `t5` routes to the T5 loader, which names what a T5 config.json lacks
+        model_case(
+            "model_type_t5_with_roberta_keys",
             r#"{"model_type": "t5"}"#,
-            &["model_type", "t5"],
+            &["config.json", "d_model"],
         ),
         model_case(
             "layer_norm_eps_negative",

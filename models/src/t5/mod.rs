@@ -47,4 +47,7 @@ pub use generate::{until_eos, EarlyStopping, GenerationConfig, Generator, T5Toke
 pub use layers::{relative_position_bucket, T5Block};
 pub use loss::label_smoothed_loss;
 pub use text_to_text::{LabelTarget, T5TextToText, TextTask};
-pub use variants::{build, spec, Seq2Seq, T5Adapter, T5Lora, T5Plain, T5ProAdapter, T5ProLora};
+pub use variants::{
+    build, spec, spec_for, Seq2Seq, T5Adapter, T5Lora, T5Plain, T5ProAdapter,
+    T5ProAdapterSingleTask, T5ProLora, T5ProLoraSingleTask,
+};

@@ -180,6 +180,18 @@ t5_variant!(
     T5Lora, lora(r = 32, alpha = 48), share = "none"
 );
 
+t5_variant!(
+    /// Single-task ProAdapter-T5: the adapter shared by all blocks, one mask per block
+    /// (`share = "layers"`, no task mask to combine), keep 0.5 as the paper's single-task T5
+    /// configs.
+    T5ProAdapterSingleTask, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "layers", keep = 0.5
+);
+t5_variant!(
+    /// Single-task ProLoRA-T5: one LoRA pair on self-attention q/v shared by all blocks, one
+    /// mask per block, keep 0.1.
+    T5ProLoraSingleTask, lora(r = 32, alpha = 48), share = "layers", keep = 0.1
+);
+
 type Builder = fn(
     &T5Checkpoint,
     &[&str],
@@ -207,6 +219,41 @@ const VARIANTS: [(Variant, PetlConfig, Builder); 4] = [
     }),
 ];
 
+/// The single-task forms of the shared variants (`share = "layers"`): a model with one task
+/// has no task mask to combine with its block masks.
+const SINGLE_TASK_VARIANTS: [(Variant, PetlConfig, Builder); 2] = [
+    (
+        Variant::ProAdapter,
+        T5ProAdapterSingleTask::PROPETL,
+        |c, t, o, v, r| {
+            Ok(Box::new(T5ProAdapterSingleTask::from_checkpoint(
+                c, t, o, v, r,
+            )?))
+        },
+    ),
+    (
+        Variant::ProLora,
+        T5ProLoraSingleTask::PROPETL,
+        |c, t, o, v, r| {
+            Ok(Box::new(T5ProLoraSingleTask::from_checkpoint(
+                c, t, o, v, r,
+            )?))
+        },
+    ),
+];
+
+/// The entry of `variant` for a model with `num_tasks` tasks: the single-task form of the
+/// shared variants for one task, the multi-task one (task masks `or` block masks) otherwise.
+fn entry_for(
+    variant: Variant,
+    num_tasks: usize,
+) -> Result<&'static (Variant, PetlConfig, Builder)> {
+    match SINGLE_TASK_VARIANTS.iter().find(|e| e.0 == variant) {
+        Some(single) if num_tasks == 1 => Ok(single),
+        _ => entry(variant),
+    }
+}
+
 fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
     crate::common::find_variant(
         &VARIANTS,
@@ -216,12 +263,18 @@ fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
     )
 }
 
-/// The PETL spec of a T5 variant.
+/// The PETL spec of a T5 variant in its multi-task form.
 pub fn spec(variant: Variant) -> Result<PetlConfig> {
     Ok(entry(variant)?.1.clone())
 }
 
-/// Build a T5 variant.
+/// The PETL spec [`build`] uses for a model with `num_tasks` tasks (one task: the
+/// `share = "layers"` form of the shared variants).
+pub fn spec_for(variant: Variant, num_tasks: usize) -> Result<PetlConfig> {
+    Ok(entry_for(variant, num_tasks)?.1.clone())
+}
+
+/// Build a T5 variant for `tasks` (one task: the single-task form, see [`spec_for`]).
 pub fn build(
     variant: Variant,
     ckpt: &T5Checkpoint,
@@ -230,7 +283,7 @@ pub fn build(
     varmap: &VarMap,
     rng: &mut PetlRng,
 ) -> Result<Box<dyn Seq2Seq>> {
-    let (_, spec, builder) = entry(variant)?;
+    let (_, spec, builder) = entry_for(variant, tasks.len())?;
     let c = &ckpt.config;
     if matches!(spec.method, propetl_runtime::Method::Lora { .. })
         && c.num_heads * c.d_kv != c.d_model
