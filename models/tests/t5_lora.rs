@@ -1,8 +1,10 @@
-//! LoRA on T5 (self-attention q and v of every encoder and decoder block): ProLoRA (one pair
-//! shared by all blocks and tasks, task masks `or` block masks) and the unshared baseline.
-//! Their logits equal the plain backbone's with every block's effective update folded into
-//! its q/v weights (`W + (α/r)·B·A`); generation with the key/value cache equals recomputing;
-//! every trainable tensor of the batch's task gets a gradient; T5 refuses a prefix.
+//! LoRA on T5 (q and v of every attention module: each block's self-attention and each
+//! decoder block's cross-attention, as PEFT's `target_modules = ["q", "v"]`): ProLoRA (one
+//! pair shared by all modules and tasks, task masks `or` module masks) and the unshared
+//! baseline. Their logits equal the plain backbone's with every module's effective update
+//! folded into its q/v weights (`W + (α/r)·B·A`); generation with the key/value cache equals
+//! recomputing; every trainable tensor of the batch's task gets a gradient; T5 refuses a
+//! prefix.
 
 use std::collections::HashMap;
 
@@ -92,10 +94,20 @@ fn lora_equals_its_update_folded_into_q_and_v() {
             let ours = model.logits(&ids, &mask, &dec, task).unwrap();
             // fold each block's effective (masked) update into its self-attention q and v
             let mut merged = weights.clone();
-            let blocks = (0..cfg.num_layers)
-                .map(|l| format!("encoder.block.{l}"))
-                .chain((0..cfg.decoder_layers()).map(|l| format!("decoder.block.{l}")));
-            for (index, block) in blocks.enumerate() {
+            // the LoRA variants' layers: every block's self-attention, then every decoder
+            // block's cross-attention (where PEFT's target_modules = ["q", "v"] puts LoRA)
+            let modules = (0..cfg.num_layers)
+                .map(|l| format!("encoder.block.{l}.layer.0.SelfAttention"))
+                .chain(
+                    (0..cfg.decoder_layers())
+                        .map(|l| format!("decoder.block.{l}.layer.0.SelfAttention")),
+                )
+                .chain(
+                    (0..cfg.decoder_layers())
+                        .map(|l| format!("decoder.block.{l}.layer.1.EncDecAttention")),
+                );
+            assert_eq!(model.petl().layout().layers.len(), 2 + 3 + 3);
+            for (index, module) in modules.enumerate() {
                 let LayerPetl::Lora(parts) = model.effective_module(index, task).unwrap() else {
                     panic!("{variant}: block {index} has no LoRA");
                 };
@@ -106,7 +118,7 @@ fn lora_equals_its_update_folded_into_q_and_v() {
                         LoraTarget::V => "v",
                         other => panic!("unexpected target {other}"),
                     };
-                    let key = format!("{block}.layer.0.SelfAttention.{name}.weight");
+                    let key = format!("{module}.{name}.weight");
                     let delta = (p.b.matmul(&p.a).unwrap() * p.scale).unwrap();
                     let w = merged[&key].add(&delta).unwrap();
                     merged.insert(key, w);

@@ -202,6 +202,17 @@ impl T5Config {
         }
     }
 
+    /// The PETL layout of the LoRA variants, whose layers are T5's attention modules: every
+    /// block's self-attention (`enc.{l}`, `dec.{l}`), then every decoder block's
+    /// cross-attention (`cross.{l}`).
+    pub fn attention_layout(&self, tasks: &[&str]) -> PetlLayout {
+        let mut layout = self.layout(tasks);
+        layout
+            .layers
+            .extend((0..self.decoder_layers()).map(|l| format!("cross.{l}")));
+        layout
+    }
+
     /// Backbone parameters (shared embedding counted once; encoder and decoder stacks).
     pub fn backbone_params(&self) -> usize {
         let (d, inner, f) = (self.d_model, self.num_heads * self.d_kv, self.d_ff);

@@ -50,7 +50,9 @@ use propetl_runtime::{ops, PetlContext};
 use tokenizers::Tokenizer;
 
 use super::config::T5Config;
-use super::layers::{decode, embed, encode, lm_head, relative_position_bucket, LayerCache};
+use super::layers::{
+    cross_site, decode, embed, encode, lm_head, relative_position_bucket, LayerCache,
+};
 use super::layers::{Stacks, T5Block};
 use crate::error::{ModelError, Result};
 
@@ -209,13 +211,15 @@ impl<'g> Decoder<'g> {
                 enc_bias,
             });
         }
+        let config = &gen.stacks.config;
         let layers = gen
             .decoder_blocks()
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(l, b)| {
                 Ok(LayerCache {
                     self_kv: None,
-                    cross_kv: b.cross_keys_values(&enc_out)?,
+                    cross_kv: b.cross_keys_values(&enc_out, cross_site(config, &gen.petl, l))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -274,8 +278,9 @@ impl<'g> Decoder<'g> {
                 {
                     // detached: a PETL module's output would otherwise keep every step's graph
                     // alive through the cache
+                    let cross = cross_site(&st.config, &gen.petl, l);
                     h = block
-                        .decode_step(&h, &bias, cache, enc_bias, gen.petl.layer(first + l))?
+                        .decode_step(&h, &bias, cache, enc_bias, gen.petl.layer(first + l), cross)?
                         .detach();
                 }
                 *t += 1;

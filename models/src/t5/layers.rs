@@ -178,12 +178,15 @@ impl T5Block {
         })
     }
 
+    /// `petl`: the block's PETL (FFN adapter, self-attention LoRA); `cross`: the decoder
+    /// cross-attention's (LoRA), if the model has such sites.
     fn forward(
         &self,
         h: &Tensor,
         bias: &Tensor,
         enc: Option<(&Tensor, &Tensor)>,
         petl: &LayerPetl,
+        cross: Option<&LayerPetl>,
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
@@ -191,7 +194,7 @@ impl T5Block {
         let mut h = h.add(&drop.apply(&a)?)?;
         if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
             let n = ops::rms_norm(&h, norm, self.eps)?;
-            let a = attn.forward(&n, enc_out, enc_bias, None, drop)?;
+            let a = attn.forward(&n, enc_out, enc_bias, cross, drop)?;
             h = h.add(&drop.apply(&a)?)?;
         }
         self.feed_forward(&h, petl, drop)
@@ -223,12 +226,16 @@ impl T5Block {
 
     /// Cross-attention keys and values `[B, H, S, d_kv]` of the encoder output (computed once
     /// per input by generation). Errors on an encoder block.
-    pub(crate) fn cross_keys_values(&self, enc_out: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn cross_keys_values(
+        &self,
+        enc_out: &Tensor,
+        cross: Option<&LayerPetl>,
+    ) -> Result<(Tensor, Tensor)> {
         let (attn, _) = self
             .cross
             .as_ref()
             .ok_or_else(|| ModelError::Input("cross-attention keys of an encoder block".into()))?;
-        Ok(attn.keys_values(enc_out, None)?)
+        Ok(attn.keys_values(enc_out, cross)?)
     }
 
     /// One decoder step with a key/value cache: `h [B,1,D]` is the newest position; its
@@ -244,6 +251,7 @@ impl T5Block {
         cache: &mut LayerCache,
         enc_bias: &Tensor,
         petl: &LayerPetl,
+        cross: Option<&LayerPetl>,
     ) -> Result<Tensor> {
         let mut eval = ForwardMode::Eval;
         let drop = &mut Dropout {
@@ -261,7 +269,7 @@ impl T5Block {
         if let Some((attn, norm)) = &self.cross {
             let n = ops::rms_norm(&h, norm, self.eps)?;
             let (ck, cv) = &cache.cross_kv;
-            h = h.add(&attn.attend(&n, ck, cv, enc_bias, None, drop)?)?;
+            h = h.add(&attn.attend(&n, ck, cv, enc_bias, cross, drop)?)?;
         }
         Ok(self.feed_forward(&h, petl, drop)?)
     }
@@ -287,15 +295,35 @@ impl LayerCache {
 }
 
 impl PetlSites for T5Block {
-    /// One adapter after the FFN of every encoder and decoder block (method page §5), and LoRA
-    /// on the self-attention query and value projections of every block. (Cross-attention
-    /// q/v, which PEFT's `target_modules = ["q", "v"]` also matches, has no site: a block has
-    /// one PETL module per target.)
+    /// One adapter after the FFN of every encoder and decoder block (method page §5).
+    const SITES: Sites = Sites::ADAPTER;
+}
+
+/// One attention module of T5 as a PETL site: LoRA on its query and value projections. The
+/// LoRA variants' layers are T5's attention modules — every block's self-attention (`enc.{l}`,
+/// `dec.{l}`), then every decoder block's cross-attention (`cross.{l}`), as PEFT's
+/// `target_modules = ["q", "v"]` places them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionSite;
+
+impl PetlSites for AttentionSite {
+    /// LoRA on q and v.
     const SITES: Sites = Sites {
-        adapter: true,
+        adapter: false,
         lora: &[LoraTarget::Q, LoraTarget::V],
         prefix: false,
     };
+}
+
+/// The PETL of decoder block `l`'s cross-attention: layer `num_layers + 2·decoder_layers`
+/// contexts (LoRA variants) have one per decoder block after the blocks' own.
+pub(crate) fn cross_site<'c>(
+    c: &T5Config,
+    petl: &'c PetlContext,
+    l: usize,
+) -> Option<&'c LayerPetl> {
+    let blocks = c.num_layers + c.decoder_layers();
+    (petl.len() == blocks + c.decoder_layers()).then(|| petl.layer(blocks + l))
 }
 
 /// T5's relative-position bucket (transformers' `_relative_position_bucket`).
@@ -483,7 +511,7 @@ fn encode_with(
         .broadcast_add(&cross_bias)?;
     let mut h = drop.apply(&embed(&st.shared, ids)?)?;
     for (l, block) in blocks[..c.num_layers].iter().enumerate() {
-        h = block.forward(&h, &enc_bias, None, petl.layer(l), drop)?;
+        h = block.forward(&h, &enc_bias, None, petl.layer(l), None, drop)?;
     }
     let enc_out = drop.apply(&ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?)?;
     Ok((enc_out, cross_bias))
@@ -540,6 +568,7 @@ fn decode_with(
             &dec_bias,
             Some((enc_out, cross_bias)),
             petl.layer(c.num_layers + l),
+            cross_site(c, petl, l),
             drop,
         )?;
     }

@@ -44,7 +44,7 @@ pub mod variants;
 pub use checkpoint::{hf_tensors, T5Checkpoint};
 pub use config::T5Config;
 pub use generate::{until_eos, EarlyStopping, GenerationConfig, Generator, T5Tokenizer};
-pub use layers::{relative_position_bucket, T5Block};
+pub use layers::{relative_position_bucket, AttentionSite, T5Block};
 pub use loss::label_smoothed_loss;
 pub use text_to_text::{LabelTarget, T5TextToText, TextTask};
 pub use variants::{

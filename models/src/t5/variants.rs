@@ -12,7 +12,7 @@ use propetl_runtime::{
 use super::checkpoint::T5Checkpoint;
 use super::config::T5Config;
 use super::generate::{GenerationConfig, Generator};
-use super::layers::{forward, load_stacks, Stacks, T5Block};
+use super::layers::{forward, load_stacks, AttentionSite, Stacks, T5Block};
 use super::loss::label_smoothed_loss;
 use crate::error::Result;
 
@@ -159,6 +159,47 @@ macro_rules! t5_variant {
     };
 }
 
+/// A T5 LoRA variant: its `#[propetl(layers)]` are T5's attention modules
+/// ([`AttentionSite`]: every block's self-attention, then every decoder block's
+/// cross-attention), the blocks themselves are plain.
+macro_rules! t5_attention_variant {
+    ($(#[$doc:meta])* $name:ident, $($attr:tt)*) => {
+        $(#[$doc])*
+        #[propetl($($attr)*, crate = "propetl_runtime")]
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            stacks: Stacks,
+            blocks: Vec<T5Block>,
+            #[propetl(layers)]
+            sites: Vec<AttentionSite>,
+            #[propetl(state)]
+            petl: PetlState,
+        }
+
+        impl $name {
+            /// Load the frozen backbone and create the PETL state for `tasks`.
+            pub fn from_checkpoint(ckpt: &T5Checkpoint, tasks: &[&str], overrides: &NumericOverrides, varmap: &VarMap, rng: &mut PetlRng) -> Result<Self> {
+                let (stacks, blocks) = load_stacks(ckpt)?;
+                let layout = ckpt.config.attention_layout(tasks);
+                let sites = vec![AttentionSite; layout.layers.len()];
+                let petl = <Self as PetlSpec>::init_petl(&layout, overrides, varmap, rng, ckpt.device())?;
+                Ok(Self { stacks, blocks, sites, petl })
+            }
+        }
+
+        impl Seq2Seq for $name {
+            fn config(&self) -> &T5Config { &self.stacks.config }
+            fn forward(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<Tensor> {
+                let ctx = self.petl_context(task)?;
+                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids, mode)
+            }
+            fn generator(&self, task: &str) -> Result<Generator<'_>> {
+                Ok(Generator::new(&self.stacks, &self.blocks, self.petl_context(task)?))
+            }
+        }
+    };
+}
+
 t5_variant!(
     /// Multi-task ProPETL-T5: one adapter (rf 12, gelu_new, N(0, 0.01)) for all blocks and tasks; task masks `or` block masks, keep 0.3.
     T5ProAdapter, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "layers+tasks", combine = "or", keep = 0.3
@@ -168,15 +209,16 @@ t5_variant!(
     T5Adapter, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "none"
 );
 
-t5_variant!(
-    /// Multi-task ProLoRA-T5: one LoRA pair (r 32, α 48) on the self-attention q and v of
-    /// every encoder and decoder block, shared by all blocks and tasks; task masks `or` block
-    /// masks, keep 0.1 (the paper's LoRA density).
+t5_attention_variant!(
+    /// Multi-task ProLoRA-T5: one LoRA pair (r 32, α 48) on the q and v of every attention
+    /// module (self-attention of every block, cross-attention of every decoder block), shared
+    /// by all of them and all tasks; task masks `or` per-module masks, keep 0.1 (the paper's
+    /// LoRA density).
     T5ProLora, lora(r = 32, alpha = 48), share = "layers+tasks", combine = "or", keep = 0.1
 );
-t5_variant!(
-    /// Baseline: LoRA (r 32, α 48) on the self-attention q and v of every block, one pair per
-    /// block, shared by the tasks, no masks.
+t5_attention_variant!(
+    /// Baseline: LoRA (r 32, α 48) on q and v of every attention module (as PEFT's
+    /// `target_modules = ["q", "v"]`), one pair per module, shared by the tasks, no masks.
     T5Lora, lora(r = 32, alpha = 48), share = "none"
 );
 
@@ -186,9 +228,9 @@ t5_variant!(
     /// configs.
     T5ProAdapterSingleTask, adapter(reduction = 12, activation = "gelu_new", init_std = 0.01), share = "layers", keep = 0.5
 );
-t5_variant!(
-    /// Single-task ProLoRA-T5: one LoRA pair on self-attention q/v shared by all blocks, one
-    /// mask per block, keep 0.1.
+t5_attention_variant!(
+    /// Single-task ProLoRA-T5: one LoRA pair on q/v shared by every attention module, one
+    /// mask per module, keep 0.1.
     T5ProLoraSingleTask, lora(r = 32, alpha = 48), share = "layers", keep = 0.1
 );
 
@@ -259,7 +301,7 @@ fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
         &VARIANTS,
         variant,
         "T5",
-        "; its blocks declare the adapter site and LoRA on self-attention q/v, no prefix site",
+        "; it declares the adapter site (blocks) and LoRA on q/v (attention modules), no prefix site",
     )
 }
 
