@@ -617,8 +617,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report { runs, out } => {
             let loaded = report::load_runs(&runs)?;
             print!("{}", report::table(&loaded));
-            report::draw(&loaded, &out)?;
-            println!("wrote {}", out.display());
+            let svg = report::draw(&loaded, &out)?;
+            println!("wrote {} and {}", out.display(), svg.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Parity { dirs, json, device } => {

@@ -495,6 +495,29 @@ pub fn draw(runs: &[Run], out: &Path) -> Result<PathBuf> {
     Ok(svg)
 }
 
+/// `accuracy 81.20 ± 0.40, f1 …`: each named metric's mean ± std over `ms`.
+fn metric_summary<'a>(
+    names: &[&'static str],
+    ms: impl Iterator<Item = &'a Metrics> + Clone,
+) -> String {
+    names
+        .iter()
+        .map(|k| {
+            let vals: Vec<f64> = ms
+                .clone()
+                .filter_map(|m| {
+                    m.numbers()
+                        .into_iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v)
+                })
+                .collect();
+            format!("{k} {}", mean_pm_std(&vals, 2))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The mean of each metric over `ms` (a metric is kept when any run has it).
 fn mean_metrics(ms: &[&Metrics]) -> Metrics {
     let mean = |f: fn(&Metrics) -> Option<f64>| -> Option<f64> {
@@ -554,25 +577,12 @@ pub fn table(runs: &[Run]) -> String {
             }
             v
         };
-        let metrics = names
-            .iter()
-            .map(|k| {
-                let vals: Vec<f64> = g
-                    .runs
-                    .iter()
-                    .filter_map(|run| {
-                        run.report
-                            .test
-                            .numbers()
-                            .into_iter()
-                            .find(|(n, _)| n == k)
-                            .map(|(_, v)| v)
-                    })
-                    .collect();
-                format!("{k} {}", mean_pm_std(&vals, 2))
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut metrics = metric_summary(&names, g.runs.iter().map(|run| &run.report.test));
+        if metrics.is_empty() {
+            // a multi-task run: the mean of its tasks' selection metrics (rows below)
+            let vals: Vec<f64> = g.runs.iter().map(|r| r.report.test.selection).collect();
+            metrics = format!("mean over tasks {}", mean_pm_std(&vals, 2));
+        }
         out += &format!(
             "{:<16} {:<width$} {:>3} {:>6} {:>14.0} {:>9.3}%  {}\n",
             r.task.name(),
@@ -589,6 +599,31 @@ pub fn table(runs: &[Run]) -> String {
                 .entry(g.method())
                 .or_default()
                 .insert(t, mean_metrics(&ms));
+        }
+        // multi-task runs: one row per task
+        for task in r.tasks.keys() {
+            let ms: Vec<&Metrics> = g
+                .runs
+                .iter()
+                .filter_map(|run| run.report.tasks.get(task).map(|s| &s.test))
+                .collect();
+            let names: Vec<&'static str> = ms[0].numbers().iter().map(|(k, _)| *k).collect();
+            out += &format!(
+                "{:<16} {:<width$} {:>3} {:>6} {:>14} {:>10}  {}\n",
+                format!("  {task}"),
+                "",
+                ms.len(),
+                "",
+                "",
+                "",
+                metric_summary(&names, ms.iter().copied())
+            );
+            if let Ok(t) = propetl::data::GlueTask::parse(task) {
+                by_method
+                    .entry(g.method())
+                    .or_default()
+                    .insert(t, mean_metrics(&ms));
+            }
         }
     }
     if several {

@@ -121,6 +121,26 @@ fn multi_task_run_directory_eval_and_generate() {
         );
     }
 
+    // `propetl report` shows the run and one row per task, and draws PNG + SVG
+    let png = tmp.path().join("report.png");
+    let rep = propetl(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let table = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    assert!(table.contains("mean over tasks"), "{table}");
+    for row in ["  rte ", "  sst2 ", "  stsb "] {
+        assert!(table.contains(row), "{row}: {table}");
+    }
+    assert!(png.exists() && png.with_extension("svg").exists());
+
     // generation with the run's masks: one JSON line per input, per task
     let input = tmp.path().join("inputs.txt");
     std::fs::write(&input, "sentence: a fine film\nsentence: dull\n").unwrap();
