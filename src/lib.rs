@@ -36,6 +36,7 @@ pub mod data;
 pub mod demo;
 pub mod export;
 pub mod hub;
+pub mod import;
 pub mod metrics;
 pub mod predict;
 pub mod run;

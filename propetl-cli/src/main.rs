@@ -2,6 +2,7 @@
 
 mod export;
 mod generate;
+mod import;
 mod parity;
 mod plot;
 mod progress;
@@ -144,6 +145,9 @@ enum Command {
     /// Export a LoRA / ProLoRA run: a PEFT adapter folder (`--format peft`) or a merged
     /// Hugging Face checkpoint with LoRA folded into the weights (`--format merged`).
     Export(export::ExportArgs),
+    /// Import a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) as
+    /// an unshared `lora` run directory for predict, eval and generate --run.
+    ImportPeft(import::ImportArgs),
     /// Print the storage report of a variant on a model shape (method page §6).
     Storage {
         /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
@@ -642,6 +646,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Generate(args) => generate::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::ImportPeft(args) => import::run(&args),
         Command::Storage {
             variant,
             model_dir,
