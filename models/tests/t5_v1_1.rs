@@ -85,13 +85,11 @@ fn unknown_feed_forward_is_refused_with_the_choices() {
     );
 }
 
-#[test]
-fn dropout_only_in_training_mode() {
-    let ckpt = T5Checkpoint::open(fixture(), &Device::Cpu).unwrap();
-    assert_eq!(ckpt.config.dropout_rate, 0.1);
+/// Logits (flattened) of a fixed batch through a ProAdapter on `ckpt`, in `mode`.
+fn pro_adapter_logits(ckpt: &T5Checkpoint) -> impl Fn(&mut ForwardMode) -> Vec<f32> {
     let model = t5::build(
         Variant::ProAdapter,
-        &ckpt,
+        ckpt,
         &["a"],
         &NumericOverrides::default(),
         &VarMap::new(),
@@ -101,7 +99,7 @@ fn dropout_only_in_training_mode() {
     let ids = Tensor::new(&[[5u32, 17, 33, 60, 1]], &Device::Cpu).unwrap();
     let mask = Tensor::ones((1, 5), DType::U32, &Device::Cpu).unwrap();
     let dec = Tensor::new(&[[0u32, 12, 40]], &Device::Cpu).unwrap();
-    let run = |mode: &mut ForwardMode| -> Vec<f32> {
+    move |mode: &mut ForwardMode| {
         model
             .forward(&ids, &mask, &dec, "a", mode)
             .unwrap()
@@ -109,7 +107,14 @@ fn dropout_only_in_training_mode() {
             .unwrap()
             .to_vec1()
             .unwrap()
-    };
+    }
+}
+
+#[test]
+fn dropout_only_in_training_mode() {
+    let ckpt = T5Checkpoint::open(fixture(), &Device::Cpu).unwrap();
+    assert_eq!(ckpt.config.dropout_rate, 0.1);
+    let run = pro_adapter_logits(&ckpt);
     let eval = run(&mut ForwardMode::Eval);
     assert_eq!(eval, run(&mut ForwardMode::Eval));
     let train = run(&mut ForwardMode::Train(&mut PetlRng::seed(1)));
@@ -124,25 +129,7 @@ fn dropout_only_in_training_mode() {
         .unwrap()
         .into_iter()
         .collect();
-    let no_dropout = T5Checkpoint::from_tensors(cfg, tensors, &Device::Cpu).unwrap();
-    let model = t5::build(
-        Variant::ProAdapter,
-        &no_dropout,
-        &["a"],
-        &NumericOverrides::default(),
-        &VarMap::new(),
-        &mut PetlRng::seed(0),
-    )
-    .unwrap();
-    let run0 = |mode: &mut ForwardMode| -> Vec<f32> {
-        model
-            .forward(&ids, &mask, &dec, "a", mode)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
+    let run0 = pro_adapter_logits(&T5Checkpoint::from_tensors(cfg, tensors, &Device::Cpu).unwrap());
     assert_eq!(
         run0(&mut ForwardMode::Train(&mut PetlRng::seed(1))),
         run0(&mut ForwardMode::Eval)

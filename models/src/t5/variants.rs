@@ -124,6 +124,43 @@ impl T5Plain {
     }
 }
 
+/// `Seq2Seq` of a T5 variant (fields `stacks`, `blocks` and the PETL state).
+macro_rules! impl_seq2seq {
+    ($name:ident) => {
+        impl Seq2Seq for $name {
+            fn config(&self) -> &T5Config {
+                &self.stacks.config
+            }
+            fn forward(
+                &self,
+                ids: &Tensor,
+                attention_mask: &Tensor,
+                decoder_input_ids: &Tensor,
+                task: &str,
+                mode: &mut ForwardMode,
+            ) -> Result<Tensor> {
+                let ctx = self.petl_context(task)?;
+                forward(
+                    &self.stacks,
+                    &self.blocks,
+                    &ctx,
+                    ids,
+                    attention_mask,
+                    decoder_input_ids,
+                    mode,
+                )
+            }
+            fn generator(&self, task: &str) -> Result<Generator<'_>> {
+                Ok(Generator::new(
+                    &self.stacks,
+                    &self.blocks,
+                    self.petl_context(task)?,
+                ))
+            }
+        }
+    };
+}
+
 macro_rules! t5_variant {
     ($(#[$doc:meta])* $name:ident, $($attr:tt)*) => {
         $(#[$doc])*
@@ -146,16 +183,7 @@ macro_rules! t5_variant {
             }
         }
 
-        impl Seq2Seq for $name {
-            fn config(&self) -> &T5Config { &self.stacks.config }
-            fn forward(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<Tensor> {
-                let ctx = self.petl_context(task)?;
-                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids, mode)
-            }
-            fn generator(&self, task: &str) -> Result<Generator<'_>> {
-                Ok(Generator::new(&self.stacks, &self.blocks, self.petl_context(task)?))
-            }
-        }
+        impl_seq2seq!($name);
     };
 }
 
@@ -187,16 +215,7 @@ macro_rules! t5_attention_variant {
             }
         }
 
-        impl Seq2Seq for $name {
-            fn config(&self) -> &T5Config { &self.stacks.config }
-            fn forward(&self, ids: &Tensor, attention_mask: &Tensor, decoder_input_ids: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<Tensor> {
-                let ctx = self.petl_context(task)?;
-                forward(&self.stacks, &self.blocks, &ctx, ids, attention_mask, decoder_input_ids, mode)
-            }
-            fn generator(&self, task: &str) -> Result<Generator<'_>> {
-                Ok(Generator::new(&self.stacks, &self.blocks, self.petl_context(task)?))
-            }
-        }
+        impl_seq2seq!($name);
     };
 }
 
