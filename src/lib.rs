@@ -40,6 +40,7 @@ pub mod import;
 pub mod metrics;
 pub mod predict;
 pub mod run;
+pub mod sweep;
 pub mod text_to_text;
 pub mod train;
 

@@ -7,6 +7,7 @@ mod parity;
 mod plot;
 mod progress;
 mod report;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +143,10 @@ enum Command {
     /// Generate text with a T5 checkpoint: one input per line (stdin or --input), one JSON
     /// object per line out.
     Generate(generate::GenerateArgs),
+    /// Run a grid of runs (variants × override values × seeds) of one task into a sweep
+    /// folder: skips complete cells, resumes half-done ones, writes summary.csv/.json and a
+    /// metric-vs-storage plot.
+    Sweep(sweep::SweepArgs),
     /// Export a LoRA / ProLoRA run: a PEFT adapter folder (`--format peft`) or a merged
     /// Hugging Face checkpoint with LoRA folded into the weights (`--format merged`).
     Export(export::ExportArgs),
@@ -647,6 +652,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(args) => generate::run(&args),
         Command::Export(args) => export::run(&args),
         Command::ImportPeft(args) => import::run(&args),
+        Command::Sweep(args) => sweep::run(&args),
         Command::Storage {
             variant,
             model_dir,
