@@ -459,7 +459,9 @@ impl PeftAdapter {
         }
         if let Some(mods) = self.str_list("modules_to_save") {
             for m in &mods {
-                let ok = family == Family::Roberta && m == "classifier";
+                // PEFT's SEQ_CLS models list both of transformers' head names; RoBERTa's is
+                // `classifier` (a `score` module does not exist there, so it saves nothing)
+                let ok = family == Family::Roberta && (m == "classifier" || m == "score");
                 if !ok {
                     bail!(
                         "{where_}: modules_to_save names `{m}`, which propetl has no place for ({})",
@@ -599,10 +601,14 @@ pub fn map_tensors(
     }
     if !problems.is_empty() {
         bail!(
-            "{}: {} of {} tensors do not fit the base checkpoint:{}",
+            "{}: {} of {} tensors do not fit the base checkpoint{}:{}",
             adapter.dir.join(WEIGHTS_FILE).display(),
             problems.len(),
             adapter.tensors.len(),
+            adapter
+                .base_model()
+                .map(|b| format!(" (the adapter's base_model_name_or_path is `{b}`)"))
+                .unwrap_or_default(),
             listed(&problems)
         );
     }

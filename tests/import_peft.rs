@@ -289,6 +289,26 @@ fn default_task_is_custom_with_the_heads_classes() {
     assert_eq!(run_logits(&out), run_logits(&r.lora));
 }
 
+#[test]
+fn peft_config_variants_that_do_not_change_the_math_import() {
+    // newer PEFT saves modules_to_save ["classifier", "score"]; target_modules may be a regex
+    // (the tensors decide); lora_dropout, init options and unknown keys change nothing
+    let dir = tempfile::tempdir().unwrap();
+    let peft = dir.path().join("peft");
+    copy_dir(&runs().lora_peft, &peft);
+    edit_config(&peft, |c| {
+        c.insert("modules_to_save".into(), json!(["classifier", "score"]));
+        c.insert("target_modules".into(), json!(".*\\.(query|value)"));
+        c.insert("lora_dropout".into(), json!(0.1));
+        c.insert("init_lora_weights".into(), json!("gaussian"));
+        c.insert("loftq_config".into(), json!({}));
+        c.insert("some_future_option".into(), json!(null));
+    });
+    let out = dir.path().join("run");
+    import_peft(&peft, &tiny_roberta(), &out, &sst2()).unwrap();
+    assert_eq!(run_logits(&out), run_logits(&runs().lora));
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -844,5 +864,6 @@ fn real_bias_detector_folder_maps_onto_t5_large() {
     let e = format!("{e:#}");
     assert!(e.contains("has shape [16, 1024]"), "{e}");
     assert!(e.contains("needs [16, 64]"), "{e}");
+    assert!(e.contains("base_model_name_or_path is `t5-large`"), "{e}");
     assert!(!dir.path().join("o").exists());
 }
