@@ -153,12 +153,14 @@ impl SweepObserver for SweepProgress {
         cell: &Cell,
         result: Result<&RunReport, &anyhow::Error>,
     ) {
+        let started = std::mem::take(&mut self.started);
         let line = match result {
             Ok(r) => format!(
-                "cell {}/{} {}: test {}",
+                "cell {}/{} {}: {}test {}",
                 index + 1,
                 self.cells,
                 cell.name,
+                if started { "" } else { "complete, kept — " },
                 r.test.summary()
             ),
             Err(e) => format!(
@@ -169,7 +171,6 @@ impl SweepObserver for SweepProgress {
             ),
         };
         self.train = Box::new(propetl::train::Silent);
-        let started = std::mem::take(&mut self.started);
         match &self.bar {
             Some(bar) => {
                 bar.println(line);
