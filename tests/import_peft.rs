@@ -694,6 +694,18 @@ fn t5_adapter_lands_where_peft_applies_it() {
     let p = Predictor::load(&out, None).unwrap();
     assert!(p.is_text_to_text());
     assert_eq!(p.predict_texts(&["a warm film"], 4).unwrap().len(), 1);
+
+    // without --task: a `custom` run answering "0"/"1", the same LoRA, the same generations
+    let custom = dir.path().join("custom");
+    let s = import_peft(&peft, &tiny_t5(), &custom, &ImportOptions::default()).unwrap();
+    assert_eq!(s.task, "custom");
+    let c = propetl::text_to_text::load_run(&custom, None).unwrap();
+    assert_eq!(
+        c.model.inner().generate(&ids, &mask, "custom", &g).unwrap(),
+        merged.generate(&ids, &mask, &g).unwrap()
+    );
+    let p = Predictor::load(&custom, None).unwrap();
+    assert_eq!(p.task().labels, ["0", "1"]);
 }
 
 #[test]

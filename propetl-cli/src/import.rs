@@ -88,6 +88,67 @@ mod tests {
         assert!(e.contains("unknown task `nope`"), "{e}");
     }
 
+    /// A PEFT LoRA folder for the tiny T5 fixture (q/v of every attention module).
+    fn tiny_t5_peft(dir: &std::path::Path) {
+        use propetl::import::{peft_key, Factor, LoraPlacement};
+        use propetl_runtime::{LoraTarget, PetlRng};
+        let mut rng = PetlRng::seed(3);
+        let mut tensors = std::collections::HashMap::new();
+        let layers = (0..2)
+            .map(|l| format!("enc.{l}"))
+            .chain((0..2).map(|l| format!("dec.{l}")))
+            .chain((0..2).map(|l| format!("cross.{l}")));
+        for layer in layers {
+            for target in [LoraTarget::Q, LoraTarget::V] {
+                for (factor, shape) in [(Factor::A, [4, 64]), (Factor::B, [64, 4])] {
+                    let p = LoraPlacement {
+                        layer: layer.clone(),
+                        target,
+                        factor,
+                    };
+                    let t = rng
+                        .normal(&shape[..], 0.1, &candle_core::Device::Cpu)
+                        .unwrap();
+                    tensors.insert(peft_key(Family::T5, &p), t);
+                }
+            }
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+        let config = serde_json::json!({
+            "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": 4, "lora_alpha": 8,
+            "target_modules": ["q", "v"], "fan_in_fan_out": false, "bias": "none",
+        });
+        std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+    }
+
+    #[test]
+    fn imports_a_t5_adapter_that_predict_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let peft = dir.path().join("peft");
+        tiny_t5_peft(&peft);
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-t5");
+        let out = dir.path().join("run");
+        let o = out.to_str().unwrap();
+        let p = peft.to_str().unwrap();
+        let a = parse(&[p, "--model-dir", model, "--out", o, "--task", "sst2"]).unwrap();
+        run(&a).unwrap();
+        for f in [
+            "config.toml",
+            "task.json",
+            "answers.json",
+            "best.safetensors",
+        ] {
+            assert!(out.join(f).exists(), "{f}");
+        }
+        let predictor = propetl::predict::Predictor::load(&out, None).unwrap();
+        assert!(predictor.is_text_to_text());
+        assert_eq!(predictor.tasks(), ["sst2"]);
+        // a second import into the same folder needs --overwrite
+        let e = run(&a).unwrap_err().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+    }
+
     #[test]
     fn a_missing_folder_is_an_error_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
