@@ -202,7 +202,7 @@ pub fn placement(family: Family, key: &str) -> Option<Placement> {
             }))
         }
         Family::T5 => {
-            let (stack, l, layer, target, factor) = match parts.as_slice() {
+            let (l, layer, target, factor) = match parts.as_slice() {
                 [stack @ ("encoder" | "decoder"), "block", l, "layer", sub, attn, t, f, "weight"] =>
                 {
                     let layer = match (*stack, *sub, *attn) {
@@ -211,11 +211,10 @@ pub fn placement(family: Family, key: &str) -> Option<Placement> {
                         ("decoder", "1", "EncDecAttention") => "cross",
                         _ => return None,
                     };
-                    (*stack, *l, layer, lora_target(t, family)?, lora_factor(f)?)
+                    (*l, layer, lora_target(t, family)?, lora_factor(f)?)
                 }
                 _ => return None,
             };
-            let _ = stack;
             let l: usize = l.parse().ok()?;
             Some(Placement::Lora(LoraPlacement {
                 layer: format!("{layer}.{l}"),
