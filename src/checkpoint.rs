@@ -15,7 +15,7 @@ use propetl_runtime::RngState;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::train::EpochLog;
+use crate::train::{EpochLog, MultiTaskEpochLog};
 
 /// Version of the checkpoint format.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -38,6 +38,21 @@ pub struct Progress {
     pub rng: RngState,
     /// Logs of the completed epochs.
     pub logs: Vec<EpochLog>,
+    /// Multi-task training's own state (`None` for single-task training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_task: Option<MultiTaskProgress>,
+}
+
+/// Where multi-task training stands, beyond [`Progress`]: every task's batch queue, the
+/// losses of the epoch in progress, the per-task logs of the completed epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiTaskProgress {
+    /// Each task's remaining batches (drawn from the end).
+    pub queues: Vec<Vec<Vec<usize>>>,
+    /// Each task's step losses in the epoch in progress.
+    pub losses: Vec<Vec<f64>>,
+    /// Per-task logs of the completed epochs.
+    pub logs: Vec<MultiTaskEpochLog>,
 }
 
 /// The in-memory checkpoint.

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::predict::TaskInfo;
 use crate::text_to_text::{TaskAnswers, ANSWERS_FILE};
 use crate::train::{
-    evaluate, set_trainable_values, train_from, train_multi_task, trainable_values, EpochLog,
+    evaluate, set_trainable_values, train_from, train_multi_task_from, trainable_values, EpochLog,
     EvalSettings, TaskSplit, TrainConfig, TrainData, TrainObserver,
 };
 
@@ -686,11 +686,15 @@ impl TrainObserver for RunObserver<'_> {
         ckpt.extra = serde_json::to_value(&self.best)?;
         ckpt.extra_tensors = self.best_values.clone();
         let epochs_done = ckpt.progress.epochs_done;
-        let at_epoch_end = ckpt.progress.batches.is_empty();
+        let at_epoch_end = ckpt.progress.position == 0;
         let logs = ckpt.progress.logs.clone();
+        let multi = ckpt.progress.multi_task.clone();
         ckpt.save(&self.dir.join(CHECKPOINT_FILE))?;
         if at_epoch_end {
             write_metrics(&self.dir, &logs)?;
+            if let Some(multi) = &multi {
+                write_task_metrics(&self.dir, &multi.logs)?;
+            }
             if self.best.as_ref().is_some_and(|b| b.epoch == epochs_done) {
                 model.save(&self.dir.join(BEST_FILE))?;
             }
@@ -710,6 +714,17 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The best epoch's inference state (PETL state + head).
 pub const BEST_FILE: &str = "best.safetensors";
 const LOCK_FILE: &str = ".lock";
+
+/// [`TASK_METRICS_FILE`] rewritten atomically from a multi-task run's per-task logs.
+fn write_task_metrics(dir: &Path, logs: &[crate::train::MultiTaskEpochLog]) -> Result<()> {
+    let mut text = String::new();
+    for log in logs {
+        text += &serde_json::to_string(log)?;
+        text.push('\n');
+    }
+    atomic_write(&dir.join(TASK_METRICS_FILE), text.as_bytes())?;
+    Ok(())
+}
 
 /// `metrics.jsonl` rewritten atomically from the logs (one JSON object per epoch).
 fn write_metrics(dir: &Path, logs: &[EpochLog]) -> Result<()> {
@@ -937,10 +952,24 @@ fn train_in(
         logs: Vec::new(),
         fail_after_epoch: options.fail_after_epoch,
     };
-    if cfg.task == Task::GlueMulti {
-        if resume.is_some() {
-            bail!("{}: multi-task runs are not checkpointed, so they cannot be resumed; start again with --overwrite", dir.display());
+    if let Some(ckpt) = &resume {
+        run_observer.best = serde_json::from_value(ckpt.extra.clone())
+            .context("training checkpoint: bad best-epoch record")?;
+        run_observer.best_values = ckpt.extra_tensors.clone();
+        run_observer.logs = ckpt.progress.logs.clone();
+        // the derived files are rebuilt from the checkpoint (a crash may have left them newer)
+        write_metrics(dir, &ckpt.progress.logs)?;
+        if let Some(multi) = &ckpt.progress.multi_task {
+            write_task_metrics(dir, &multi.logs)?;
         }
+        if run_observer.best.is_some() {
+            let current = trainable_values(model.as_ref())?;
+            set_trainable_values(model.as_ref(), &run_observer.best_values)?;
+            model.save(&dir.join(BEST_FILE))?;
+            set_trainable_values(model.as_ref(), &current)?;
+        }
+    }
+    if cfg.task == Task::GlueMulti {
         return train_multi_in(
             cfg,
             dir,
@@ -949,6 +978,7 @@ fn train_in(
             skipped,
             &train_cfg,
             run_observer,
+            resume,
             start,
         );
     }
@@ -959,19 +989,6 @@ fn train_in(
         task: &task.petl_task,
         glue: task.task.glue(),
     };
-    if let Some(ckpt) = &resume {
-        run_observer.best = serde_json::from_value(ckpt.extra.clone())
-            .context("training checkpoint: bad best-epoch record")?;
-        run_observer.best_values = ckpt.extra_tensors.clone();
-        // the derived files are rebuilt from the checkpoint (a crash may have left them newer)
-        write_metrics(dir, &ckpt.progress.logs)?;
-        if run_observer.best.is_some() {
-            let current = trainable_values(model.as_ref())?;
-            set_trainable_values(model.as_ref(), &run_observer.best_values)?;
-            model.save(&dir.join(BEST_FILE))?;
-            set_trainable_values(model.as_ref(), &current)?;
-        }
-    }
     let epochs = train_from(model.as_mut(), &data, &train_cfg, &mut run_observer, resume)?;
     let best = run_observer.best.context("no epoch was run")?;
     model.restore(&dir.join(BEST_FILE))?;
@@ -1029,7 +1046,8 @@ pub const TASKS_INFO_FILE: &str = "tasks.json";
 
 /// A multi-task run (method page §5): temperature-sampled single-task batches, every task
 /// evaluated after every epoch, the epoch with the best mean selection metric kept, every
-/// task tested on its best state; per-task epochs in [`TASK_METRICS_FILE`].
+/// task tested on its best state; per-task epochs in [`TASK_METRICS_FILE`]; checkpointed
+/// like single-task runs (every epoch and every `checkpoint_every_steps`), so it resumes.
 #[allow(clippy::too_many_arguments)]
 fn train_multi_in(
     cfg: &RunConfig,
@@ -1039,6 +1057,7 @@ fn train_multi_in(
     skipped: usize,
     train_cfg: &TrainConfig,
     mut observer: RunObserver,
+    resume: Option<TrainCheckpoint>,
     start: std::time::Instant,
 ) -> Result<RunReport> {
     let splits: Vec<TaskSplit> = tasks
@@ -1051,23 +1070,16 @@ fn train_multi_in(
         })
         .collect();
     let temperature = cfg.sampling_temperature.unwrap_or(DEFAULT_TEMPERATURE);
-    let logs = train_multi_task(
+    let logs = train_multi_task_from(
         model.as_mut(),
         &splits,
         temperature,
         train_cfg,
         &mut observer,
+        resume,
     )?;
     let best = observer.best.clone().context("no epoch was run")?;
-    set_trainable_values(model.as_ref(), &observer.best_values)?;
-    model.save(&dir.join(BEST_FILE))?;
-    write_metrics(dir, &observer.logs)?;
-    let mut text = String::new();
-    for log in &logs {
-        text += &serde_json::to_string(log)?;
-        text.push('\n');
-    }
-    atomic_write(&dir.join(TASK_METRICS_FILE), text.as_bytes())?;
+    model.restore(&dir.join(BEST_FILE))?;
     let best_log = logs
         .get(best.epoch - 1)
         .context("the best epoch has no log")?;

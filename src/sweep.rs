@@ -453,10 +453,7 @@ pub fn plan(cells: &[Cell], out: &Path, options: &SweepOptions) -> Result<Vec<Ce
             }
             if complete_report(&dir).is_some() {
                 CellAction::Skip
-            } else if written.is_some()
-                && dir.join(CHECKPOINT_FILE).exists()
-                && cell.config.task != run::Task::GlueMulti
-            {
+            } else if written.is_some() && dir.join(CHECKPOINT_FILE).exists() {
                 CellAction::Resume
             } else {
                 CellAction::Redo

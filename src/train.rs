@@ -15,7 +15,7 @@ use propetl_runtime::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Progress, TrainCheckpoint};
+use crate::checkpoint::{MultiTaskProgress, Progress, TrainCheckpoint};
 use crate::data::GlueTask;
 use crate::metrics::{task_metrics, Metrics};
 
@@ -455,6 +455,7 @@ pub fn train_from(
                         tokens,
                         rng: rng.state(),
                         logs: logs.clone(),
+                        multi_task: None,
                     };
                     observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress)?)?;
                 }
@@ -491,6 +492,7 @@ pub fn train_from(
                     tokens: 0,
                     rng: rng.state(),
                     logs: logs.clone(),
+                    multi_task: None,
                 };
                 observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress)?)?;
             }
@@ -574,14 +576,28 @@ pub fn finite_or_zero(x: f64) -> f64 {
 /// each task's batches come from its own length-bucketed shuffle, refilled when used up. After
 /// every epoch each task with an eval split is evaluated with its own masks. The observer sees
 /// every step and an aggregate [`EpochLog`] (mean loss; selection = mean of the tasks', an
-/// undefined one counting as 0).
-/// Reproducible from the seed; not checkpointed (a multi-task run restarts from scratch).
+/// undefined one counting as 0). Reproducible from the seed.
 pub fn train_multi_task(
     model: &mut dyn TaskModel,
     tasks: &[TaskSplit],
     temperature: f64,
     cfg: &TrainConfig,
     observer: &mut dyn TrainObserver,
+) -> Result<Vec<MultiTaskEpochLog>> {
+    train_multi_task_from(model, tasks, temperature, cfg, observer, None)
+}
+
+/// [`train_multi_task`], continuing from a checkpoint when `resume` is given (trainables,
+/// optimizer, RNG, every task's batch queue, the epoch and the step in it are restored, so
+/// the run ends bit-identical to an uninterrupted one). Checkpoints go to the observer at
+/// every epoch end and every `checkpoint_every_steps` steps when it asks for them.
+pub fn train_multi_task_from(
+    model: &mut dyn TaskModel,
+    tasks: &[TaskSplit],
+    temperature: f64,
+    cfg: &TrainConfig,
+    observer: &mut dyn TrainObserver,
+    resume: Option<TrainCheckpoint>,
 ) -> Result<Vec<MultiTaskEpochLog>> {
     cfg.validate()?;
     if tasks.is_empty() {
@@ -596,14 +612,42 @@ pub fn train_multi_task(
     let all_vars = opt.vars();
     let mut rng = PetlRng::seed(cfg.seed);
     let mut queues: Vec<Vec<Vec<usize>>> = vec![Vec::new(); tasks.len()];
-    let mut logs = Vec::new();
+    let mut logs: Vec<MultiTaskEpochLog> = Vec::new();
+    let mut aggregate_logs: Vec<EpochLog> = Vec::new();
+    // the epoch in progress when resuming mid-epoch: (steps taken, per-task losses, tokens)
+    let mut in_progress: Option<(usize, Vec<Vec<f64>>, usize)> = None;
+    if let Some(ckpt) = resume {
+        let p = ckpt.progress;
+        let multi = p
+            .multi_task
+            .context("the checkpoint is not a multi-task one")?;
+        if multi.queues.len() != tasks.len() {
+            bail!(
+                "the checkpoint has {} tasks, the run {}",
+                multi.queues.len(),
+                tasks.len()
+            );
+        }
+        set_trainable_values(&*model, &ckpt.params)?;
+        opt.set_state(ckpt.optimizer_steps, ckpt.moments)?;
+        rng = PetlRng::from_state(&p.rng).map_err(anyhow::Error::msg)?;
+        queues = multi.queues;
+        logs = multi.logs;
+        aggregate_logs = p.logs;
+        if p.position > 0 {
+            in_progress = Some((p.position, multi.losses, p.tokens));
+        }
+    }
+    let checkpoints = observer.wants_checkpoints();
+    let start_epoch = logs.len() + 1;
     observer.on_start(total, cfg.epochs);
     let result = (|| -> Result<()> {
-        for epoch in 1..=cfg.epochs {
+        for epoch in start_epoch..=cfg.epochs {
             let start = std::time::Instant::now();
-            let mut losses: Vec<Vec<f64>> = vec![Vec::new(); tasks.len()];
-            let mut tokens = 0usize;
-            for _ in 0..steps_per_epoch {
+            let (first, mut losses, mut tokens) = in_progress
+                .take()
+                .unwrap_or_else(|| (0, vec![Vec::new(); tasks.len()], 0));
+            for step in first..steps_per_epoch {
                 let r = rng.uniform01();
                 let mut acc = 0.0;
                 let i = probs
@@ -625,6 +669,29 @@ pub fn train_multi_task(
                 losses[i].push(l as f64);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 observer.on_step(epoch, opt.steps_taken(), l as f64, tokens as f64 / secs);
+                let done = step + 1;
+                if checkpoints
+                    && done < steps_per_epoch
+                    && cfg
+                        .checkpoint_every_steps
+                        .is_some_and(|n| opt.steps_taken().is_multiple_of(n))
+                {
+                    let progress = Progress {
+                        epochs_done: epoch - 1,
+                        batches: Vec::new(),
+                        position: done,
+                        step_losses: Vec::new(),
+                        tokens,
+                        rng: rng.state(),
+                        logs: aggregate_logs.clone(),
+                        multi_task: Some(MultiTaskProgress {
+                            queues: queues.clone(),
+                            losses: losses.clone(),
+                            logs: logs.clone(),
+                        }),
+                    };
+                    observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress)?)?;
+                }
             }
             let mut eval = BTreeMap::new();
             for t in tasks.iter().filter(|t| !t.eval.is_empty()) {
@@ -669,7 +736,25 @@ pub fn train_multi_task(
                 tokens_per_s: tokens as f64 / log.seconds.max(1e-9),
             };
             observer.on_epoch(&*model, &aggregate)?;
+            aggregate_logs.push(aggregate);
             logs.push(log);
+            if checkpoints {
+                let progress = Progress {
+                    epochs_done: epoch,
+                    batches: Vec::new(),
+                    position: 0,
+                    step_losses: Vec::new(),
+                    tokens: 0,
+                    rng: rng.state(),
+                    logs: aggregate_logs.clone(),
+                    multi_task: Some(MultiTaskProgress {
+                        queues: queues.clone(),
+                        losses: vec![Vec::new(); tasks.len()],
+                        logs: logs.clone(),
+                    }),
+                };
+                observer.on_checkpoint(&*model, snapshot(&*model, &opt, progress)?)?;
+            }
         }
         Ok(())
     })();

@@ -191,12 +191,83 @@ fn multi_task_run_directory_eval_and_generate() {
     ]);
     assert!(String::from_utf8_lossy(&g.stderr).contains("pick one with --task"));
 
-    // a multi-task run is not checkpointed: resume says so instead of training again
-    let err = run::resume(&out, &mut Silent).unwrap_err().to_string();
-    assert!(
-        err.contains("nothing to resume") || err.contains("cannot be resumed"),
-        "{err}"
-    );
+    // a finished run has nothing left to train: resume ends at once with the same report
+    let again = run::resume(&out, &mut Silent).unwrap();
+    assert_eq!(again.best_epoch, report.best_epoch);
+}
+
+/// Stops the run (a panic, as a crash would) when training reaches step `at`.
+struct CrashAt {
+    at: usize,
+}
+
+impl propetl::TrainObserver for CrashAt {
+    fn on_step(&mut self, _epoch: usize, step: usize, _loss: f64, _tokens_per_s: f64) {
+        if step == self.at {
+            panic!("simulated crash at step {step}");
+        }
+    }
+}
+
+#[test]
+fn multi_task_run_resumes_bit_identically_at_epoch_ends_and_mid_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = multi_task_config();
+    cfg.train.checkpoint_every_steps = Some(5);
+    let whole = tmp.path().join("whole");
+    let report = run::run(&cfg, &whole, &mut Silent).unwrap();
+    let steps_per_epoch = report.epochs[0].step_losses.len();
+    assert!(steps_per_epoch > 10, "{steps_per_epoch}");
+
+    // a failure after epoch 1's checkpoint
+    let broken = tmp.path().join("after-epoch");
+    let crash = RunOptions {
+        fail_after_epoch: Some(1),
+        ..Default::default()
+    };
+    let err = run::run_with(&cfg, &broken, crash, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    // a crash in the middle of epoch 2 (the last checkpoint: a multiple of 5 steps before it)
+    let mid = tmp.path().join("mid-epoch");
+    let at = steps_per_epoch + 7;
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run::run(&cfg, &mid, &mut CrashAt { at })
+    }));
+    assert!(crashed.is_err(), "the crash did not happen");
+    for dir in [&broken, &mid] {
+        let resumed = run::resume(dir, &mut Silent).unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("best.safetensors")).unwrap(),
+            std::fs::read(whole.join("best.safetensors")).unwrap(),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            serde_json::to_value(&resumed.tasks).unwrap(),
+            serde_json::to_value(&report.tasks).unwrap()
+        );
+        let losses = |r: &RunReport| -> Vec<Vec<f64>> {
+            r.epochs.iter().map(|e| e.step_losses.clone()).collect()
+        };
+        assert_eq!(losses(&resumed), losses(&report), "{}", dir.display());
+        for file in ["metrics.jsonl", "task_metrics.jsonl"] {
+            let strip = |p: &Path| -> Vec<serde_json::Value> {
+                std::fs::read_to_string(p.join(file))
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        // wall-clock fields differ between runs
+                        for k in ["seconds", "tokens_per_s"] {
+                            v.as_object_mut().unwrap().remove(k);
+                        }
+                        v
+                    })
+                    .collect()
+            };
+            assert_eq!(strip(dir), strip(&whole), "{file} of {}", dir.display());
+        }
+    }
 }
 
 #[test]
