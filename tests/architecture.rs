@@ -90,7 +90,7 @@ struct GenericLora<B> {
 }
 
 #[test]
-fn a_method_without_a_site_is_an_init_error_and_t5_refuses_lora() {
+fn a_method_without_a_site_is_an_init_error_and_t5_refuses_a_prefix() {
     let layout = PetlLayout::single_task(16, 2, 2);
     let err = <GenericLora<AdapterOnly> as PetlSpec>::init_petl(
         &layout,
@@ -116,18 +116,25 @@ fn a_method_without_a_site_is_an_init_error_and_t5_refuses_lora() {
         &Device::Cpu,
     );
     assert!(varmap.all_vars().is_empty());
-    // T5's blocks declare only the adapter site: its variant table has no LoRA or prefix
-    for v in [Variant::ProLora, Variant::Lora, Variant::ProPrefix] {
+    // T5 declares the adapter site on its blocks and LoRA on q/v of its attention modules,
+    // no prefix site: its variant table has no prefix variant
+    for v in [Variant::ProPrefix, Variant::Prefix] {
         let e = t5::spec(v).unwrap_err().to_string();
         assert!(
-            e.contains("T5 has no variant") && e.contains("adapter"),
+            e.contains("T5 has no variant") && e.contains("no prefix site"),
             "{e}"
         );
     }
+    assert!(t5::spec(Variant::ProLora).is_ok() && t5::spec(Variant::Lora).is_ok());
     assert_eq!(
         <T5ProAdapter as PetlSpec>::SITES,
         Sites::ADAPTER,
         "T5 blocks declare the adapter site"
+    );
+    assert_eq!(
+        <t5::T5ProLora as PetlSpec>::SITES,
+        <t5::AttentionSite as propetl::runtime::PetlSites>::SITES,
+        "T5's LoRA variants' layers are attention modules"
     );
 }
 
