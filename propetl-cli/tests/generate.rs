@@ -146,7 +146,11 @@ fn input_file_beams_and_errors() {
     let out = generate(&["--run", "runs/none", "--task", "sst2"], "hi\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("T5 runs are not supported yet"), "{err}");
+    // a run directory that is not there is named before any work
+    assert!(
+        err.contains("is runs/none a run directory?") && err.contains("config.toml"),
+        "{err}"
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_propetl"))
