@@ -39,7 +39,9 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
 use crate::predict::{PredictInput, TaskInfo};
-use crate::run::{ModelFamily, RunConfig, BUILTIN_CONFIG, BUILTIN_TOKENIZER};
+use crate::run::{
+    absolute, is_nonempty_dir, ModelFamily, RunConfig, BUILTIN_CONFIG, BUILTIN_TOKENIZER,
+};
 
 /// Tokenizer files copied from the model folder into a merged checkpoint when present.
 const TOKENIZER_FILES: [&str; 6] = [
@@ -163,25 +165,6 @@ fn architecture(model_type: &str) -> Option<&'static str> {
         "xlm-roberta" => Some("XLMRobertaForSequenceClassification"),
         "camembert" => Some("CamembertForSequenceClassification"),
         _ => None,
-    }
-}
-
-fn is_nonempty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())
-}
-
-/// `p` made absolute (resolving symlinks where it exists; the parent where it does not).
-fn absolute(p: &Path) -> PathBuf {
-    if let Ok(c) = p.canonicalize() {
-        return c;
-    }
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    match (abs.parent(), abs.file_name()) {
-        (Some(parent), Some(name)) => parent
-            .canonicalize()
-            .map(|c| c.join(name))
-            .unwrap_or(abs.clone()),
-        _ => abs,
     }
 }
 

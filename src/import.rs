@@ -53,7 +53,7 @@ use serde_json::Value;
 
 use crate::data::GlueTask;
 use crate::predict::TaskInfo;
-use crate::run::{label_names, RunConfig, Task, BEST_FILE};
+use crate::run::{absolute, is_nonempty_dir, label_names, RunConfig, Task, BEST_FILE};
 use crate::text_to_text::{TaskAnswers, ANSWERS_FILE};
 
 /// The file of a run directory that records an import.
@@ -730,25 +730,6 @@ fn variant_targets(spec: &PetlConfig) -> Vec<LoraTarget> {
     match &spec.method {
         Method::Lora { targets, .. } => targets.to_vec(),
         _ => Vec::new(),
-    }
-}
-
-fn is_nonempty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())
-}
-
-/// `p` made absolute (resolving symlinks where it exists; the parent where it does not).
-fn absolute(p: &Path) -> PathBuf {
-    if let Ok(c) = p.canonicalize() {
-        return c;
-    }
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    match (abs.parent(), abs.file_name()) {
-        (Some(parent), Some(name)) => parent
-            .canonicalize()
-            .map(|c| c.join(name))
-            .unwrap_or(abs.clone()),
-        _ => abs,
     }
 }
 

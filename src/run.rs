@@ -797,8 +797,24 @@ pub struct RunOptions {
     pub fail_after_epoch: Option<usize>,
 }
 
-fn is_nonempty_dir(p: &Path) -> bool {
+/// Whether `p` is a directory with at least one entry.
+pub(crate) fn is_nonempty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// `p` made absolute (resolving symlinks where it exists; the parent where it does not).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|c| c.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
 }
 
 /// Run a configuration, writing the run directory `out`; `observer` sees the progress.
