@@ -40,7 +40,8 @@ use serde_json::{json, Value};
 
 use crate::predict::{PredictInput, TaskInfo};
 use crate::run::{
-    absolute, is_nonempty_dir, ModelFamily, RunConfig, BUILTIN_CONFIG, BUILTIN_TOKENIZER,
+    absolute, check_output_folder, write_folder_atomically, ModelFamily, RunConfig, BUILTIN_CONFIG,
+    BUILTIN_TOKENIZER,
 };
 
 /// Tokenizer files copied from the model folder into a merged checkpoint when present.
@@ -529,21 +530,7 @@ fn merged_files(run: &LoadedRun) -> Result<(Files, ExportSummary)> {
 /// Write `files` into a hidden sibling of `out` and rename it into place (replacing `out`,
 /// which the caller has checked may be replaced). On any error nothing is left behind.
 fn write_atomically(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .with_context(|| format!("{} has no folder name", out.display()))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let pid = std::process::id();
-    let staging = parent.join(format!(".{name}.export-{pid}"));
-    let old = parent.join(format!(".{name}.old-{pid}"));
-    let _ = std::fs::remove_dir_all(&staging);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    write_folder_atomically(out, "export", |staging| {
         for (file, bytes) in files {
             let p = staging.join(file);
             let mut f =
@@ -553,28 +540,8 @@ fn write_atomically(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
             f.sync_all()
                 .with_context(|| format!("writing {}", p.display()))?;
         }
-        if out.exists() {
-            std::fs::rename(out, &old)
-                .with_context(|| format!("moving {} aside", out.display()))?;
-            if let Err(e) = std::fs::rename(&staging, out) {
-                let _ = std::fs::rename(&old, out);
-                return Err(e).with_context(|| format!("moving the export into {}", out.display()));
-            }
-            std::fs::remove_dir_all(&old)
-                .with_context(|| format!("removing the previous {}", old.display()))?;
-        } else {
-            std::fs::rename(&staging, out)
-                .with_context(|| format!("moving the export into {}", out.display()))?;
-        }
-        if let Ok(d) = std::fs::File::open(&parent) {
-            let _ = d.sync_all();
-        }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
+    })
 }
 
 /// Export the best state of the LoRA / ProLoRA run in `run_dir` as `format` into the folder
@@ -587,15 +554,7 @@ pub fn export(
     options: &ExportOptions,
 ) -> Result<ExportSummary> {
     // the output folder first: cheap, and a refusal should not wait for a model to load
-    if out.exists() && !out.is_dir() {
-        bail!("{} exists and is not a folder", out.display());
-    }
-    if is_nonempty_dir(out) && !options.overwrite {
-        bail!(
-            "{} exists and is not empty: pass --overwrite to replace it",
-            out.display()
-        );
-    }
+    check_output_folder(out, options.overwrite)?;
     let out_abs = absolute(out);
     let run_abs = absolute(run_dir);
     if run_abs.starts_with(&out_abs) {

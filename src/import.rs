@@ -53,7 +53,9 @@ use serde_json::Value;
 
 use crate::data::GlueTask;
 use crate::predict::TaskInfo;
-use crate::run::{absolute, is_nonempty_dir, label_names, RunConfig, Task, BEST_FILE};
+use crate::run::{
+    absolute, check_output_folder, label_names, write_folder_atomically, RunConfig, Task, BEST_FILE,
+};
 use crate::text_to_text::{TaskAnswers, ANSWERS_FILE};
 
 /// The file of a run directory that records an import.
@@ -761,15 +763,7 @@ pub fn import_peft(
     out: &Path,
     options: &ImportOptions,
 ) -> Result<ImportSummary> {
-    if out.exists() && !out.is_dir() {
-        bail!("{} exists and is not a folder", out.display());
-    }
-    if is_nonempty_dir(out) && !options.overwrite {
-        bail!(
-            "{} exists and is not empty: pass --overwrite to replace it",
-            out.display()
-        );
-    }
+    check_output_folder(out, options.overwrite)?;
     let out_abs = absolute(out);
     if absolute(peft_dir).starts_with(&out_abs) {
         bail!(
@@ -804,18 +798,6 @@ pub fn import_peft(
     cfg.data_dir = options.data_dir.clone();
     cfg.petl = overrides_of(&adapter);
 
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .with_context(|| format!("{} has no folder name", out.display()))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let pid = std::process::id();
-    let staging = parent.join(format!(".{name}.import-{pid}"));
-    let old = parent.join(format!(".{name}.old-{pid}"));
-
     // build and fill the model (all checks) before creating anything
     let dev = Device::Cpu;
     let prepared = match family {
@@ -823,30 +805,10 @@ pub fn import_peft(
         Family::T5 => prepare_t5(&adapter, &resolved, &cfg, &dev)?,
     };
 
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let _ = std::fs::remove_dir_all(&staging);
-    let result = (|| -> Result<Staged> {
-        std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
-        let staged = prepared.write(&staging, &cfg, &adapter, out)?;
-        if out.exists() {
-            std::fs::rename(out, &old)
-                .with_context(|| format!("moving {} aside", out.display()))?;
-            if let Err(e) = std::fs::rename(&staging, out) {
-                let _ = std::fs::rename(&old, out);
-                return Err(e).with_context(|| format!("moving the run into {}", out.display()));
-            }
-            std::fs::remove_dir_all(&old)
-                .with_context(|| format!("removing the previous {}", old.display()))?;
-        } else {
-            std::fs::rename(&staging, out)
-                .with_context(|| format!("moving the run into {}", out.display()))?;
-        }
-        Ok(staged)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    Ok(result?.summary)
+    let staged = write_folder_atomically(out, "import", |staging| {
+        prepared.write(staging, &cfg, &adapter, out)
+    })?;
+    Ok(staged.summary)
 }
 
 /// A model filled from an adapter, ready to be written as a run directory.

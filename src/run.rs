@@ -877,6 +877,69 @@ pub fn run_with(
     result
 }
 
+/// Build a folder in a hidden sibling of `out` with `fill`, then rename it into place
+/// (replacing `out`, which the caller has checked may be replaced): the folder appears
+/// complete or not at all; on any error nothing is left behind. `what` names the folder in
+/// errors and in the sibling's name (`.NAME.WHAT-PID`).
+pub(crate) fn write_folder_atomically<T>(
+    out: &Path,
+    what: &str,
+    fill: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .with_context(|| format!("{} has no folder name", out.display()))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let pid = std::process::id();
+    let staging = parent.join(format!(".{name}.{what}-{pid}"));
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = (|| -> Result<T> {
+        std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        let value = fill(&staging)?;
+        if out.exists() {
+            std::fs::rename(out, &old)
+                .with_context(|| format!("moving {} aside", out.display()))?;
+            if let Err(e) = std::fs::rename(&staging, out) {
+                let _ = std::fs::rename(&old, out);
+                return Err(e).with_context(|| format!("moving the {what} into {}", out.display()));
+            }
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("removing the previous {}", old.display()))?;
+        } else {
+            std::fs::rename(&staging, out)
+                .with_context(|| format!("moving the {what} into {}", out.display()))?;
+        }
+        if let Ok(d) = std::fs::File::open(&parent) {
+            let _ = d.sync_all();
+        }
+        Ok(value)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Refuse an output path that is a file, or a non-empty folder unless `overwrite`.
+pub(crate) fn check_output_folder(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("{} exists and is not a folder", out.display());
+    }
+    if is_nonempty_dir(out) && !overwrite {
+        bail!(
+            "{} exists and is not empty: pass --overwrite to replace it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Replace `out` by `staging` (both in the same parent directory).
 fn swap_in(staging: &Path, out: &Path) -> Result<()> {
     let old = staging.with_extension("old");
