@@ -29,8 +29,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use propetl_models::t5::text_to_text::{class_targets, score_targets};
-use propetl_models::t5::{until_eos, GenerationConfig, LabelTarget, T5TextToText, T5Tokenizer};
+use propetl_models::t5::{T5TextToText, T5Tokenizer};
 use propetl_models::tokenizer::EncoderTokenizer;
 use propetl_runtime::task::pad_batch;
 use propetl_runtime::{DeviceSpec, Example, Prediction, ProPetlModel, TaskKind, TaskModel};
@@ -39,7 +38,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::data::TextExample;
 use crate::run::{ModelFamily, RunConfig, Task, TASKS_INFO_FILE};
-use crate::text_to_text::{self, TaskAnswers, ANSWERS_FILE};
+use crate::text_to_text;
 
 /// What a run predicts (`task.json` of a run directory; per task in `tasks.json` of a
 /// multi-task run).
@@ -139,8 +138,6 @@ struct RunTask {
     /// The PETL task whose masks answer it.
     petl_task: String,
     info: TaskInfo,
-    /// Text-to-text runs: every label's target ids.
-    targets: Vec<LabelTarget>,
 }
 
 enum Backend {
@@ -208,7 +205,6 @@ impl Predictor {
                 task: cfg.task,
                 petl_task: "default".to_string(),
                 info,
-                targets: Vec::new(),
             }],
             multi: false,
             max_len: cfg.train.max_len,
@@ -224,9 +220,7 @@ impl Predictor {
         } else {
             [(cfg.task.name().to_string(), read_json(dir, "task.json")?)].into()
         };
-        let answers: BTreeMap<String, TaskAnswers> = read_json(dir, ANSWERS_FILE)?;
         let max_len = cfg.train.max_len;
-        let encode = |t: &str| run.tokenizer.encode(t, max_len);
         let mut tasks = Vec::new();
         for task in cfg.run_tasks() {
             let name = task.name().to_string();
@@ -234,22 +228,11 @@ impl Predictor {
                 .get(&name)
                 .cloned()
                 .with_context(|| format!("{}: no label names for task `{name}`", dir.display()))?;
-            let a = answers
-                .get(&name)
-                .with_context(|| format!("{ANSWERS_FILE} has no task `{name}`"))?;
-            let targets = match (a.kind, a.score_range) {
-                (TaskKind::Classification { num_labels }, _) => class_targets(num_labels, &encode)?,
-                (TaskKind::Regression, Some((lo, hi))) => score_targets(lo, hi, &encode)?,
-                (TaskKind::Regression, None) => {
-                    bail!("regression task `{name}` has no score range in {ANSWERS_FILE}")
-                }
-            };
             tasks.push(RunTask {
                 petl_task: name.clone(),
                 name,
                 task,
                 info,
-                targets,
             });
         }
         let text_to_text::LoadedRun {
@@ -461,23 +444,19 @@ impl Predictor {
                     .collect())
             }
             Backend::TextToText { model, tokenizer } => {
-                // greedy generation up to the longest label, matched against every label's
-                // target ids (as `T5TextToText::predict` does), keeping the generated text
                 let t5 = model.inner();
-                let (pad, eos) = (t5.config().pad_token_id, t5.config().eos_token_id);
-                let (input_ids, attention_mask) =
-                    pad_batch(rows, self.max_len, pad, model.petl().device())?;
-                let cfg = GenerationConfig {
-                    max_new_tokens: rt.targets.iter().map(|l| l.ids.len()).max().unwrap_or(1),
-                    ..Default::default()
-                };
-                let generated = t5.generate(&input_ids, &attention_mask, &rt.petl_task, &cfg)?;
-                generated
-                    .iter()
-                    .map(|row| {
-                        let out = until_eos(row, eos);
-                        let hit = rt.targets.iter().find(|l| until_eos(&l.ids, eos) == out);
-                        let text = tokenizer.decode(row)?;
+                let (input_ids, attention_mask) = pad_batch(
+                    rows,
+                    self.max_len,
+                    t5.config().pad_token_id,
+                    model.petl().device(),
+                )?;
+                // the model's own answers (greedy, matched against the labels), with the text
+                model
+                    .answer(&input_ids, &attention_mask, &rt.petl_task)?
+                    .into_iter()
+                    .map(|(row, hit)| {
+                        let text = tokenizer.decode(&row)?;
                         Ok(match rt.info.kind {
                             TaskKind::Regression => PredictOutput {
                                 score: hit.map(|l| l.value),

@@ -67,6 +67,42 @@ impl T5TextToText {
         Ok(Self { inner, tasks })
     }
 
+    /// Greedy answers of `task` for every input row, up to its longest label: the generated
+    /// ids and the label they spell, if any (an answer that is no label is wrong).
+    pub fn answer(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        task: &str,
+    ) -> propetl_runtime::Result<Vec<(Vec<u32>, Option<&LabelTarget>)>> {
+        let text_task = self.task(task)?;
+        let cfg = GenerationConfig {
+            max_new_tokens: text_task
+                .labels
+                .iter()
+                .map(|l| l.ids.len())
+                .max()
+                .unwrap_or(1),
+            ..Default::default()
+        };
+        let eos = self.inner.config().eos_token_id;
+        let generated = self
+            .inner
+            .generate(input_ids, attention_mask, task, &cfg)
+            .map_err(crate::ModelError::into_petl)?;
+        Ok(generated
+            .into_iter()
+            .map(|ids| {
+                let out = until_eos(&ids, eos);
+                let hit = text_task
+                    .labels
+                    .iter()
+                    .find(|l| until_eos(&l.ids, eos) == out);
+                (ids, hit)
+            })
+            .collect())
+    }
+
     /// The wrapped T5 variant.
     pub fn inner(&self) -> &dyn Seq2Seq {
         self.inner.as_ref()
@@ -171,33 +207,21 @@ impl TaskModel for T5TextToText {
     }
 
     fn predict(&self, batch: &Batch) -> propetl_runtime::Result<Vec<Prediction>> {
-        let task = self.task(&batch.task)?;
-        let cfg = GenerationConfig {
-            max_new_tokens: task.labels.iter().map(|l| l.ids.len()).max().unwrap_or(1),
-            ..Default::default()
-        };
-        let eos = self.inner.config().eos_token_id;
-        let generated = self
-            .inner
-            .generate(&batch.input_ids, &batch.attention_mask, &batch.task, &cfg)
-            .map_err(crate::ModelError::into_petl)?;
-        Ok(generated
-            .iter()
-            .map(|ids| {
-                let out = until_eos(ids, eos);
-                let hit = task.labels.iter().find(|l| until_eos(&l.ids, eos) == out);
-                match task.kind {
-                    TaskKind::Regression => Prediction::Score {
-                        score: hit.map_or(-1.0, |l| l.value),
-                    },
-                    TaskKind::Classification { num_labels } => {
-                        let label = hit.map_or(usize::MAX, |l| l.value as usize);
-                        let mut probs = vec![0.0; num_labels];
-                        if let Some(p) = probs.get_mut(label) {
-                            *p = 1.0;
-                        }
-                        Prediction::Class { label, probs }
+        let kind = self.task(&batch.task)?.kind;
+        Ok(self
+            .answer(&batch.input_ids, &batch.attention_mask, &batch.task)?
+            .into_iter()
+            .map(|(_, hit)| match kind {
+                TaskKind::Regression => Prediction::Score {
+                    score: hit.map_or(-1.0, |l| l.value),
+                },
+                TaskKind::Classification { num_labels } => {
+                    let label = hit.map_or(usize::MAX, |l| l.value as usize);
+                    let mut probs = vec![0.0; num_labels];
+                    if let Some(p) = probs.get_mut(label) {
+                        *p = 1.0;
                     }
+                    Prediction::Class { label, probs }
                 }
             })
             .collect())
