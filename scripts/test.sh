@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 if [ -x scripts/fetch-assets.sh ]; then
   scripts/fetch-assets.sh
 fi
+# `--examples` also runs custom_transformer and pro_adapter_t5_multitask, which check their
+# own results (Cargo.toml: `test = true, harness = false`), with the tests' build of every
+# dependency (a separate `cargo run --example` would rebuild them all with other features)
 cargo test --workspace --lib --bins --tests --examples
 cargo test --workspace --doc
-# the examples check their own results (loss goes down, save/load round trip is exact)
-cargo run --example custom_transformer
-cargo run --example pro_adapter_t5_multitask
