@@ -7,7 +7,11 @@
 //!   roberta-base and MiniLM shapes: seconds/step, tokens/s, peak memory;
 //! - `t5`: multi-task t5-base (8 tasks) ProAdapter and the unshared adapter: one training step
 //!   (batch 8, source 128, target 32), greedy generation tokens/s (key/value cache), and the
-//!   cost of switching tasks (first use of a task's masks, then cached).
+//!   cost of switching tasks (first use of a task's masks, then cached);
+//! - `side --shape base|small --variant NAME [--mode train|infer] [--steps N] [--warmup N]`:
+//!   one configuration exactly as `../shared/torch_bench/bench.py` runs it (same shapes,
+//!   batch, steps and median), one JSON line with its own peak RSS — what
+//!   `scripts/bench-vs-torch.sh` runs in a fresh process per configuration.
 
 use std::time::Instant;
 
@@ -137,8 +141,104 @@ fn minilm_config() -> RobertaConfig {
     }
 }
 
+/// The shapes of `bench.py`: `base` = roberta-base, batch 8 × 128 (inference 32 × 128);
+/// `small` = 4 layers × 256 (4 heads, FFN 1024), batch 8 × 64 (inference 32 × 64).
+fn side_shape(name: &str) -> (RobertaConfig, usize) {
+    match name {
+        "base" => (RobertaConfig::roberta_base(), 128),
+        "small" => (
+            RobertaConfig {
+                hidden_size: 256,
+                num_hidden_layers: 4,
+                num_attention_heads: 4,
+                intermediate_size: 1024,
+                ..RobertaConfig::roberta_base()
+            },
+            64,
+        ),
+        other => panic!("--shape must be base or small, got {other}"),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// `side`: one configuration of the side-by-side comparison (see the module docs).
+fn side(args: &[String]) {
+    let opt = |key: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == key)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let shape = opt("--shape", "base");
+    let variant_name = opt("--variant", "pro_adapter");
+    let mode = opt("--mode", "train");
+    let steps: usize = opt("--steps", "5").parse().expect("--steps");
+    let warmup: usize = opt("--warmup", "2").parse().expect("--warmup");
+    if let Some(t5_variant) = variant_name.strip_prefix("t5_") {
+        return side_t5(&shape, t5_variant, &mode, steps, warmup);
+    }
+    let variant = variant_name
+        .parse::<Variant>()
+        .unwrap_or_else(|e| panic!("--variant: {e}"));
+    let (config, len) = side_shape(&shape);
+    let vocab = config.vocab_size;
+    let ckpt = Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), &Device::Cpu).unwrap();
+    let model = build(variant, &ckpt);
+    let threads = candle_core::utils::get_num_threads();
+    let mut times = Vec::new();
+    if mode == "infer" {
+        // eval forward, no dropout, frozen masks materialized once (what `predict` runs)
+        let mut step = Step::new(model, 32, len, vocab);
+        step.model.materialize_for_inference().unwrap();
+        for i in 0..warmup + steps {
+            let start = Instant::now();
+            let logits = step
+                .model
+                .logits(&step.batch, &mut ForwardMode::Eval)
+                .unwrap();
+            drop(logits);
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let med = median(times);
+        println!(
+            "{}",
+            json!({"side": "rust", "mode": "infer", "shape": shape, "variant": variant.name(), "batch": 32, "seq": len, "threads": threads, "median_batch_s": med, "tokens_per_s": 32.0 * len as f64 / med, "peak_rss_mb": peak_rss_mb()})
+        );
+    } else {
+        let mut step = Step::new(model, 8, len, vocab);
+        for i in 0..warmup + steps {
+            let start = Instant::now();
+            step.run();
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{}",
+            json!({"side": "rust", "mode": "train", "shape": shape, "variant": variant.name(), "batch": 8, "seq": len, "threads": threads, "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "peak_rss_mb": peak_rss_mb()})
+        );
+    }
+}
+
 fn main() {
     propetl::runtime::alloc::tune_for_training();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "side") {
+        side(&args[i + 1..]);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "quick");
     let only: Option<String> = std::env::args()
         .skip(1)
@@ -226,51 +326,114 @@ fn main() {
     }
 }
 
-fn t5_bench(reps: usize, dev: &Device) {
-    use propetl::models::t5::{
-        self, GenerationConfig, T5Checkpoint, T5Config, T5TextToText, TextTask,
-    };
-    use propetl::runtime::{Example, ProPetlModel};
-    let config = T5Config::t5_base();
-    let ckpt = T5Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), dev).unwrap();
-    let tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
-    let text_tasks = || -> std::collections::BTreeMap<String, TextTask> {
-        tasks
-            .iter()
-            .map(|t| {
-                let labels = (0..2u32)
-                    .map(|i| t5::LabelTarget {
-                        text: i.to_string(),
-                        ids: vec![5 + i, 1],
-                        value: i as f32,
-                    })
-                    .collect();
-                (
-                    t.to_string(),
-                    TextTask {
-                        kind: CLASSES,
-                        labels,
-                    },
-                )
-            })
-            .collect()
-    };
+const T5_TASKS: [&str; 8] = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"];
+
+/// Two-label text-to-text tasks for the T5 benches.
+fn t5_text_tasks() -> std::collections::BTreeMap<String, propetl::models::t5::TextTask> {
+    use propetl::models::t5::{LabelTarget, TextTask};
+    T5_TASKS
+        .iter()
+        .map(|t| {
+            let labels = (0..2u32)
+                .map(|i| LabelTarget {
+                    text: i.to_string(),
+                    ids: vec![5 + i, 1],
+                    value: i as f32,
+                })
+                .collect();
+            (
+                t.to_string(),
+                TextTask {
+                    kind: CLASSES,
+                    labels,
+                },
+            )
+        })
+        .collect()
+}
+
+/// `batch` random source/target pairs (EOS-terminated) of the given lengths.
+fn t5_examples(batch: usize, src: usize, tgt: usize, vocab: usize) -> Vec<propetl::runtime::Example> {
     let mut rng = PetlRng::seed(3);
-    let (batch, src, tgt) = (8usize, 128usize, 32usize);
-    let examples: Vec<Example> = (0..batch)
+    (0..batch)
         .map(|_| {
-            let mut ids: Vec<u32> = (0..src - 1).map(|_| 3 + rng.below(32000) as u32).collect();
+            let mut ids: Vec<u32> = (0..src - 1).map(|_| 3 + rng.below(vocab - 3) as u32).collect();
             ids.push(1);
             let mut target_ids: Vec<u32> =
-                (0..tgt - 1).map(|_| 3 + rng.below(32000) as u32).collect();
+                (0..tgt - 1).map(|_| 3 + rng.below(vocab - 3) as u32).collect();
             target_ids.push(1);
-            Example {
+            propetl::runtime::Example {
                 ids,
                 label: 0.0,
                 target_ids,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// `side` for `t5_adapter` / `t5_pro_adapter`: the multi-task (8 tasks) training step of
+/// `bench.py` (base: t5-base, batch 8, source 128, target 32; small: 4 + 4 blocks × 256,
+/// source 64, target 16).
+fn side_t5(shape: &str, variant: &str, mode: &str, steps: usize, warmup: usize) {
+    use propetl::models::t5::{self, T5Checkpoint, T5Config, T5TextToText};
+    assert_eq!(mode, "train", "the T5 side-by-side bench is training only");
+    let (config, src, tgt) = match shape {
+        "base" => (T5Config::t5_base(), 128, 32),
+        "small" => (
+            T5Config {
+                d_model: 256,
+                d_ff: 1024,
+                num_layers: 4,
+                num_decoder_layers: Some(4),
+                num_heads: 4,
+                ..T5Config::t5_base()
+            },
+            64,
+            16,
+        ),
+        other => panic!("--shape must be base or small, got {other}"),
+    };
+    let variant: Variant = variant.parse().expect("--variant");
+    let vocab = config.vocab_size;
+    let ckpt = T5Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), &Device::Cpu).unwrap();
+    let inner = t5::build(
+        variant,
+        &ckpt,
+        &T5_TASKS,
+        &NumericOverrides::default(),
+        &VarMap::new(),
+        &mut PetlRng::seed(4),
+    )
+    .unwrap();
+    let model = T5TextToText::new(inner, t5_text_tasks()).unwrap();
+    let examples = t5_examples(8, src, tgt, vocab);
+    let refs: Vec<&propetl::runtime::Example> = examples.iter().collect();
+    let batch = model.collate(&refs, src, "sst2").unwrap();
+    let mut step = Step::from_batch(Box::new(model), batch);
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        step.run();
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{}",
+        json!({"side": "rust", "mode": "train", "shape": shape, "variant": format!("t5_{}", variant.name()), "batch": 8, "seq": {"src": src, "tgt": tgt}, "threads": candle_core::utils::get_num_threads(), "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "peak_rss_mb": peak_rss_mb()})
+    );
+}
+
+fn t5_bench(reps: usize, dev: &Device) {
+    use propetl::models::t5::{self, GenerationConfig, T5Checkpoint, T5Config, T5TextToText};
+    use propetl::runtime::{Example, ProPetlModel};
+    let config = T5Config::t5_base();
+    let ckpt = T5Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), dev).unwrap();
+    let tasks = T5_TASKS;
+    let text_tasks = t5_text_tasks;
+    let (batch, src, tgt) = (8usize, 128usize, 32usize);
+    let examples: Vec<Example> = t5_examples(batch, src, tgt, 32003);
     for variant in [Variant::ProAdapter, Variant::Adapter] {
         let inner = t5::build(
             variant,
