@@ -8,7 +8,8 @@
 //! - `t5`: multi-task t5-base (8 tasks) ProAdapter and the unshared adapter: one training step
 //!   (batch 8, source 128, target 32), greedy generation tokens/s (key/value cache), and the
 //!   cost of switching tasks (first use of a task's masks, then cached);
-//! - `side --shape base|small --variant NAME [--mode train|infer] [--steps N] [--warmup N]`:
+//! - `side --shape base|small --variant NAME [--mode train|infer] [--steps N] [--warmup N]
+//!   [--batch B] [--seq S]`:
 //!   one configuration exactly as `../shared/torch_bench/bench.py` runs it (same shapes,
 //!   batch, steps and median), one JSON line with its own peak RSS — what
 //!   `scripts/bench-vs-torch.sh` runs in a fresh process per configuration.
@@ -114,14 +115,30 @@ impl Step {
     }
 
     fn run(&mut self) {
+        self.timed_run();
+    }
+
+    /// One step; returns the seconds of (forward, backward, clip + AdamW).
+    fn timed_run(&mut self) -> [f64; 3] {
         let mut rng = PetlRng::seed(5);
+        let a = Instant::now();
         let loss = self
             .model
             .loss(&self.batch, &mut ForwardMode::Train(&mut rng))
             .unwrap();
+        let b = Instant::now();
         let mut grads = loss.backward().unwrap();
+        let c = Instant::now();
         clip_grad_norm(&mut grads, &self.vars, 1.0).unwrap();
         self.opt.step(&grads).unwrap();
+        drop(grads);
+        drop(loss);
+        let d = Instant::now();
+        [
+            (b - a).as_secs_f64(),
+            (c - b).as_secs_f64(),
+            (d - c).as_secs_f64(),
+        ]
     }
 }
 
@@ -189,7 +206,12 @@ fn side(args: &[String]) {
     let variant = variant_name
         .parse::<Variant>()
         .unwrap_or_else(|e| panic!("--variant: {e}"));
-    let (config, len) = side_shape(&shape);
+    let (config, shape_len) = side_shape(&shape);
+    // --batch / --seq override the shape's (the scaling benchmark)
+    let len: usize = opt("--seq", &shape_len.to_string()).parse().expect("--seq");
+    let batch: usize = opt("--batch", if mode == "infer" { "32" } else { "8" })
+        .parse()
+        .expect("--batch");
     let vocab = config.vocab_size;
     let ckpt = Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), &Device::Cpu).unwrap();
     let model = build(variant, &ckpt);
@@ -197,7 +219,7 @@ fn side(args: &[String]) {
     let mut times = Vec::new();
     if mode == "infer" {
         // eval forward, no dropout, frozen masks materialized once (what `predict` runs)
-        let mut step = Step::new(model, 32, len, vocab);
+        let mut step = Step::new(model, batch, len, vocab);
         step.model.materialize_for_inference().unwrap();
         for i in 0..warmup + steps {
             let start = Instant::now();
@@ -213,21 +235,24 @@ fn side(args: &[String]) {
         let med = median(times);
         println!(
             "{}",
-            json!({"side": "rust", "mode": "infer", "shape": shape, "variant": variant.name(), "batch": 32, "seq": len, "threads": threads, "median_batch_s": med, "tokens_per_s": 32.0 * len as f64 / med, "peak_rss_mb": peak_rss_mb()})
+            json!({"side": "rust", "mode": "infer", "shape": shape, "variant": variant.name(), "batch": batch, "seq": len, "threads": threads, "median_batch_s": med, "tokens_per_s": (batch * len) as f64 / med, "peak_rss_mb": peak_rss_mb()})
         );
     } else {
-        let mut step = Step::new(model, 8, len, vocab);
+        let mut step = Step::new(model, batch, len, vocab);
+        let mut parts = Vec::new();
         for i in 0..warmup + steps {
             let start = Instant::now();
-            step.run();
+            let p = step.timed_run();
             if i >= warmup {
                 times.push(start.elapsed().as_secs_f64());
+                parts.push(p);
             }
         }
+        let part = |k: usize| median(parts.iter().map(|p| p[k]).collect());
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
             "{}",
-            json!({"side": "rust", "mode": "train", "shape": shape, "variant": variant.name(), "batch": 8, "seq": len, "threads": threads, "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "peak_rss_mb": peak_rss_mb()})
+            json!({"side": "rust", "mode": "train", "shape": shape, "variant": variant.name(), "batch": batch, "seq": len, "threads": threads, "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "median_fwd_s": part(0), "median_bwd_s": part(1), "median_opt_s": part(2), "peak_rss_mb": peak_rss_mb()})
         );
     }
 }
@@ -353,14 +378,22 @@ fn t5_text_tasks() -> std::collections::BTreeMap<String, propetl::models::t5::Te
 }
 
 /// `batch` random source/target pairs (EOS-terminated) of the given lengths.
-fn t5_examples(batch: usize, src: usize, tgt: usize, vocab: usize) -> Vec<propetl::runtime::Example> {
+fn t5_examples(
+    batch: usize,
+    src: usize,
+    tgt: usize,
+    vocab: usize,
+) -> Vec<propetl::runtime::Example> {
     let mut rng = PetlRng::seed(3);
     (0..batch)
         .map(|_| {
-            let mut ids: Vec<u32> = (0..src - 1).map(|_| 3 + rng.below(vocab - 3) as u32).collect();
+            let mut ids: Vec<u32> = (0..src - 1)
+                .map(|_| 3 + rng.below(vocab - 3) as u32)
+                .collect();
             ids.push(1);
-            let mut target_ids: Vec<u32> =
-                (0..tgt - 1).map(|_| 3 + rng.below(vocab - 3) as u32).collect();
+            let mut target_ids: Vec<u32> = (0..tgt - 1)
+                .map(|_| 3 + rng.below(vocab - 3) as u32)
+                .collect();
             target_ids.push(1);
             propetl::runtime::Example {
                 ids,
@@ -411,17 +444,20 @@ fn side_t5(shape: &str, variant: &str, mode: &str, steps: usize, warmup: usize) 
     let batch = model.collate(&refs, src, "sst2").unwrap();
     let mut step = Step::from_batch(Box::new(model), batch);
     let mut times = Vec::new();
+    let mut parts = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
-        step.run();
+        let p = step.timed_run();
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
+            parts.push(p);
         }
     }
+    let part = |k: usize| median(parts.iter().map(|p| p[k]).collect());
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
         "{}",
-        json!({"side": "rust", "mode": "train", "shape": shape, "variant": format!("t5_{}", variant.name()), "batch": 8, "seq": {"src": src, "tgt": tgt}, "threads": candle_core::utils::get_num_threads(), "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "peak_rss_mb": peak_rss_mb()})
+        json!({"side": "rust", "mode": "train", "shape": shape, "variant": format!("t5_{}", variant.name()), "batch": 8, "seq": {"src": src, "tgt": tgt}, "threads": candle_core::utils::get_num_threads(), "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "median_fwd_s": part(0), "median_bwd_s": part(1), "median_opt_s": part(2), "peak_rss_mb": peak_rss_mb()})
     );
 }
 

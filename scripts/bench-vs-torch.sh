@@ -16,6 +16,7 @@
 #   MODES     train,infer           INFER_VARIANTS  pro_adapter,pro_lora,pro_prefix
 #   STEPS / WARMUP   timed / untimed steps per configuration (default 5 / 2, as bench.py)
 #   OUT       JSON lines file (default bench-results/bench-vs-torch-<date>.jsonl)
+#   MASK_OVERHEAD=0  skip the masked ÷ unmasked ProAdapter step (Rust only, ≈1 min)
 # A benchmark, not a test: CI does not run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +80,12 @@ for mode in "${modes[@]}"; do
     done
   done
 done
+
+# the masks must stay free: masked ProAdapter step ÷ the same step with the prototype unmasked
+if [ "${MASK_OVERHEAD:-1}" = 1 ]; then
+  echo "$(date -u +%T) mask overhead (Rust, roberta-base ProAdapter, masked vs unmasked)..." >&2
+  "$BIN" mask_overhead | grep '"mask_overhead"' >>"$OUT"
+fi
 
 python3 scripts/bench-table.py "$OUT"
 echo "JSON lines: $OUT" >&2

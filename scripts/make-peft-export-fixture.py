@@ -11,8 +11,11 @@ tests/fixtures/tiny-roberta and the GLUE fixture data, exports it with `--format
   - loads the merged folder with `RobertaForSequenceClassification.from_pretrained`
     (no missing or unexpected keys allowed),
 and records the logits of a few fixed inputs from both (they must agree to 1e-4).
-tests/export.rs re-creates the same runs bit for bit and checks that `propetl predict` gives
-these logits. Run once after a change to the export layout or to training numerics:
+The run folders themselves (without their resume checkpoint) are kept in
+tests/fixtures/peft-export/runs/<variant>/, so tests/export.rs exports and predicts from the
+very runs these logits came from (a change to training numerics, or a CPU that rounds
+differently, cannot move them). Run once after a change to the export layout or the run
+directory format:
 
     pip install torch transformers peft
     python3 scripts/make-peft-export-fixture.py [--propetl target/debug/propetl]
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,8 +105,13 @@ def main():
             run = os.path.join(tmp, f"run-{variant}")
             peft_dir = os.path.join(tmp, f"peft-{variant}")
             merged_dir = os.path.join(tmp, f"merged-{variant}")
-            sh(propetl + ["train", "--config", os.path.join(FIXTURE, f"{variant}.toml"),
-                          "--model-dir", BASE, "--data-dir", GLUE, "--out", run, "--quiet"])
+            # paths relative to the repository root, as the tests resolve them
+            sh(propetl + ["train", "--config", os.path.relpath(os.path.join(FIXTURE, f"{variant}.toml"), ROOT),
+                          "--model-dir", os.path.relpath(BASE, ROOT), "--data-dir", os.path.relpath(GLUE, ROOT),
+                          "--out", run, "--quiet"])
+            keep = os.path.join(FIXTURE, "runs", variant)
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(run, keep, ignore=shutil.ignore_patterns("checkpoint.safetensors", ".lock"))
             sh(propetl + ["export", run, "--format", "peft", "--out", peft_dir])
             sh(propetl + ["export", run, "--format", "merged", "--out", merged_dir])
 

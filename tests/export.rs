@@ -1,8 +1,8 @@
 //! `propetl::export`: LoRA / ProLoRA runs as PEFT adapter folders and as merged Hugging Face
 //! checkpoints. Keys, shapes and config fields as PEFT and transformers write them; the
 //! merged checkpoint reloads in propetl with the run's logits; the logits PEFT and
-//! transformers computed on exports of the same deterministic runs
-//! (`tests/fixtures/peft-export/expected_logits.json`, written by
+//! transformers computed on exports of the committed runs (`tests/fixtures/peft-export/runs/`;
+//! `tests/fixtures/peft-export/expected_logits.json`, both written by
 //! `scripts/make-peft-export-fixture.py`) are reproduced by `propetl predict` (1e-4);
 //! adapter / prefix runs and unsafe output folders are refused before anything is written.
 
@@ -56,7 +56,10 @@ fn train(cfg: &RunConfig, out: &Path) {
     run_with(cfg, out, RunOptions::default(), &mut Silent).expect("training run");
 }
 
-/// The two fixture runs, trained once for every test of this file.
+/// The two fixture runs (`tests/fixtures/peft-export/runs/`, trained by
+/// `scripts/make-peft-export-fixture.py` with `pro_lora.toml` / `lora.toml`: the runs the
+/// committed PEFT logits came from), copied once into a temporary folder for every test of
+/// this file.
 struct Runs {
     _dir: tempfile::TempDir,
     pro_lora: PathBuf,
@@ -67,10 +70,16 @@ fn runs() -> &'static Runs {
     static RUNS: OnceLock<Runs> = OnceLock::new();
     RUNS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let pro_lora = dir.path().join("pro_lora");
-        let lora = dir.path().join("lora");
-        train(&fixture_config("pro_lora"), &pro_lora);
-        train(&fixture_config("lora"), &lora);
+        let copy = |variant: &str| -> PathBuf {
+            let to = dir.path().join(variant);
+            std::fs::create_dir_all(&to).unwrap();
+            for entry in std::fs::read_dir(fixture_dir().join("runs").join(variant)).unwrap() {
+                let from = entry.unwrap().path();
+                std::fs::copy(&from, to.join(from.file_name().unwrap())).unwrap();
+            }
+            to
+        };
+        let (pro_lora, lora) = (copy("pro_lora"), copy("lora"));
         Runs {
             _dir: dir,
             pro_lora,
@@ -393,7 +402,7 @@ fn propetl_predict_matches_peft_and_transformers_on_the_committed_logits() {
             effect > 2e-3,
             "{variant}: the LoRA update moves logits by only {effect}"
         );
-        // the run itself (re-created from the fixture config, bit-deterministic)
+        // the committed run the fixture logits came from
         let got = run_logits(run, &texts);
         let d = max_abs_diff(&got, &want_peft);
         eprintln!(
@@ -428,11 +437,12 @@ fn propetl_predict_matches_peft_and_transformers_on_the_committed_logits() {
 
 /// The same configuration and seed give the same run, bit for bit: exports are identical.
 #[test]
-fn training_is_bit_deterministic_so_the_fixture_runs_can_be_recreated() {
+fn training_is_bit_deterministic_so_exports_are_too() {
     let dir = tempfile::tempdir().unwrap();
-    let again = dir.path().join("again");
+    let (once, again) = (dir.path().join("once"), dir.path().join("again"));
+    train(&fixture_config("pro_lora"), &once);
     train(&fixture_config("pro_lora"), &again);
-    for (i, run) in [&runs().pro_lora, &again].into_iter().enumerate() {
+    for (i, run) in [&once, &again].into_iter().enumerate() {
         let out = dir.path().join(format!("peft-{i}"));
         export(run, ExportFormat::Peft, &out, &ExportOptions::default()).unwrap();
     }
@@ -624,6 +634,26 @@ fn a_regression_run_merges_into_a_regression_checkpoint() {
     }
 }
 
+/// Rewrite the `model_dir` line of a run's `config.toml` to `to`.
+fn point_model_dir(run: &Path, to: &Path) {
+    let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let line = format!("model_dir = {:?}", to.to_str().unwrap());
+    let mut found = false;
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("model_dir = ") {
+                found = true;
+                line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(found, "no model_dir in {}", run.display());
+    std::fs::write(run.join("config.toml"), text.join("\n") + "\n").unwrap();
+}
+
 #[test]
 fn a_run_whose_model_folder_is_gone_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -633,11 +663,7 @@ fn a_run_whose_model_folder_is_gone_is_refused_naming_it() {
         std::fs::copy(runs().pro_lora.join(f), run.join(f)).unwrap();
     }
     let gone = dir.path().join("no/such/model");
-    let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    let from = tiny_roberta().display().to_string();
-    assert!(text.contains(&from), "{text}");
-    let text = text.replace(&from, gone.to_str().unwrap());
-    std::fs::write(run.join("config.toml"), text).unwrap();
+    point_model_dir(&run, &gone);
     let out = dir.path().join("out");
     let e = format!(
         "{:#}",
@@ -658,10 +684,7 @@ fn a_t5_run_is_refused_clearly() {
     for f in ["config.toml", "task.json", BEST_FILE] {
         std::fs::copy(runs().lora.join(f), run.join(f)).unwrap();
     }
-    let text = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    let t5 = root().join("tests/fixtures/tiny-t5");
-    let text = text.replace(&tiny_roberta().display().to_string(), t5.to_str().unwrap());
-    std::fs::write(run.join("config.toml"), text).unwrap();
+    point_model_dir(&run, &root().join("tests/fixtures/tiny-t5"));
     for format in [ExportFormat::Peft, ExportFormat::Merged] {
         let out = dir.path().join(format.name());
         let e = export(&run, format, &out, &ExportOptions::default())

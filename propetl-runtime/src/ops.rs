@@ -44,8 +44,31 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 /// LayerNorm whose `weight` and `bias` are frozen: gradients flow to `x` only (the
 /// composed, differentiable [`layer_norm`] over detached parameters).
+/// On the CPU in f32 this is one fused kernel (forward and backward).
 pub fn frozen_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::fused::applies(x) && crate::fused::applies(weight) && crate::fused::applies(bias) {
+        let op = crate::fused::FrozenLayerNorm::new(weight, bias, eps)?;
+        return x.contiguous()?.apply_op1(op);
+    }
     layer_norm(x, &weight.detach(), &bias.detach(), eps)
+}
+
+/// Attention probabilities `softmax(scale · scores + bias)` over the last dimension, for
+/// `scores [B, H, S, K]` and a frozen additive `bias` that broadcasts to it (a padding mask
+/// `[B, 1, 1, K]`, T5's position bias `[1, H, S, K]`, or their sum). Gradients reach
+/// `scores` only. On the CPU in f32 this is one fused kernel.
+pub fn attention_softmax(scores: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(scores) {
+        if let Some(op) = crate::fused::AttentionSoftmax::new(scores, scale as f32, bias)? {
+            return scores.contiguous()?.apply_op1(op);
+        }
+    }
+    let scaled = if scale == 1.0 {
+        scores.clone()
+    } else {
+        (scores * scale)?
+    };
+    softmax_composed(&scaled.broadcast_add(&bias.detach())?)
 }
 
 /// T5's RMS LayerNorm (no mean subtraction, no bias).
@@ -108,32 +131,33 @@ impl candle_core::CustomOp1 for FrozenLinear {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
+        // y [m, n] = x [m, k] · Wᵀ (W is [n, k], row-major) + b, in one gemm call
         let (m, k) = layout.shape().dims2()?;
         let n = self.weight.dim(0)?;
-        let wt = self.weight.t()?;
-        let (w_storage, w_layout) = wt.storage_and_layout();
-        let candle_core::Storage::Cpu(w_cpu) = &*w_storage else {
-            candle_core::bail!("frozen-linear: weight is not on the CPU")
+        let x = crate::fused::f32_slice(storage, layout)?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
         };
-        let mut out = storage.matmul(w_cpu, (1, m, n, k), layout, w_layout)?;
-        if let Some(b) = &self.bias {
-            let b = b.to_vec1::<f32>()?;
-            if let candle_core::CpuStorage::F32(v) = &mut out {
-                for row in v.chunks_exact_mut(n) {
-                    for (o, bi) in row.iter_mut().zip(&b) {
-                        *o += bi;
-                    }
-                }
-            } else {
-                candle_core::bail!("frozen-linear: expected f32 output")
-            }
-        }
-        Ok((out, candle_core::Shape::from((m, n))))
+        let y = crate::fused::with_f32(&self.weight, |w| {
+            crate::fused::gemm_rows(m, n, k, x, (1, k), w, (k, 1), bias.as_deref())
+        })?;
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((m, n)),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
+        // dx [m, k] = g [m, n] · W [n, k]
+        let (m, n) = grad.dims2()?;
+        let k = self.weight.dim(1)?;
+        let dx = crate::fused::with_f32(grad, |g| {
+            crate::fused::with_f32(&self.weight, |w| {
+                crate::fused::gemm_rows(m, k, n, g, (1, n), w, (1, k), None)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
     }
 }
 
@@ -162,18 +186,19 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     pred.sub(target)?.sqr()?.mean_all()
 }
 
-/// Inverted dropout with a mask drawn from the caller's seeded RNG; identity when `p == 0`.
+/// Inverted dropout; identity when `p == 0`. The keep/drop bits come from one seed drawn
+/// from the caller's RNG (so a run is reproducible from its seed, on any thread count and
+/// device); on the CPU in f32 the op is one fused parallel kernel.
 pub fn dropout(x: &Tensor, p: f64, rng: &mut crate::rng::PetlRng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     let keep = 1.0 - p;
-    let n = x.elem_count();
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..n)
-        .map(|_| if rng.uniform01() < keep { scale } else { 0.0 })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    let op = crate::fused::Dropout::new(x.elem_count(), keep, rng.seed_bytes());
+    if crate::fused::applies(x) {
+        return x.contiguous()?.apply_op1(op);
+    }
+    let mask = Tensor::from_vec(op.scale_factors(), x.shape(), x.device())?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }
 
@@ -292,6 +317,70 @@ mod tests {
                 max_diff(gf, gc)
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn attention_softmax_matches_composed_for_every_bias_shape() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(11);
+        let (b, h, s, k) = (2, 3, 5, 7);
+        let x = Var::from_tensor(&rng.normal((b, h, s, k), 2.0, &dev)?)?;
+        let t = rng.normal((b, h, s, k), 1.0, &dev)?;
+        let padding = Tensor::from_vec(
+            (0..b * k)
+                .map(|i| if i % k == 6 { -1e9f32 } else { 0.0 })
+                .collect::<Vec<_>>(),
+            (b, 1, 1, k),
+            &dev,
+        )?;
+        let position = rng.normal((1, h, s, k), 1.0, &dev)?;
+        let both = position.broadcast_add(&padding)?;
+        for (name, bias, scale) in [
+            ("padding", &padding, 0.125),
+            ("position", &position, 1.0),
+            ("position + padding", &both, 1.0),
+        ] {
+            let fused = attention_softmax(x.as_tensor(), scale, bias)?;
+            let composed = softmax_composed(&(x.as_tensor() * scale)?.broadcast_add(bias)?)?;
+            assert!(max_diff(&fused, &composed) < 1e-6, "{name} forward");
+            let gf = fused.mul(&t)?.sum_all()?.backward()?;
+            let gc = composed.mul(&t)?.sum_all()?.backward()?;
+            let (gf, gc) = (
+                gf.get(x.as_tensor()).unwrap(),
+                gc.get(x.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_diff(gf, gc) < 1e-5,
+                "{name} backward {}",
+                max_diff(gf, gc)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_passes_the_same_mask_back() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::ones((64, 1000), DType::F32, &dev)?)?;
+        let y1 = dropout(x.as_tensor(), 0.1, &mut crate::rng::PetlRng::seed(5))?;
+        let y2 = dropout(x.as_tensor(), 0.1, &mut crate::rng::PetlRng::seed(5))?;
+        let y3 = dropout(x.as_tensor(), 0.1, &mut crate::rng::PetlRng::seed(6))?;
+        assert_eq!(max_diff(&y1, &y2), 0.0, "same seed, same bits");
+        assert!(max_diff(&y1, &y3) > 0.0, "another seed, other bits");
+        let v = y1.flatten_all()?.to_vec1::<f32>()?;
+        let kept = v.iter().filter(|&&e| e != 0.0).count() as f64 / v.len() as f64;
+        assert!((kept - 0.9).abs() < 0.01, "kept fraction {kept}");
+        assert!(v.iter().all(|&e| e == 0.0 || (e - 1.0 / 0.9).abs() < 1e-6));
+        // the gradient of sum(dropout(x)) is the dropout factor of each element
+        let g = y1.sum_all()?.backward()?;
+        let g = g.get(x.as_tensor()).unwrap();
+        assert_eq!(max_diff(g, &y1), 0.0);
+        // the composed path (other devices) applies the same bits
+        let op =
+            crate::fused::Dropout::new(64 * 1000, 0.9, crate::rng::PetlRng::seed(5).seed_bytes());
+        let factors = Tensor::from_vec(op.scale_factors(), (64, 1000), &dev)?;
+        assert_eq!(max_diff(&factors, &y1), 0.0);
         Ok(())
     }
 

@@ -54,6 +54,11 @@ impl PetlRng {
         self.0.random::<f64>()
     }
 
+    /// 32 bytes from the stream: the seed of a derived generator (e.g. one dropout call's).
+    pub fn seed_bytes(&mut self) -> [u8; 32] {
+        self.0.random()
+    }
+
     /// A uniform integer in [0, n).
     pub fn below(&mut self, n: usize) -> usize {
         self.0.random_range(0..n)

@@ -188,9 +188,9 @@ impl RobertaLayer {
             k = Tensor::cat(&[heads(pk)?, k], 2)?;
             v = Tensor::cat(&[heads(pv)?, v], 2)?;
         }
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
-        let scores = scores.broadcast_add(attention_bias)?;
-        let probs = mode.dropout(&ops::softmax_last_dim(&scores)?, self.attn_dropout)?;
+        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
+        let probs = ops::attention_softmax(&scores, 1.0 / (hd as f64).sqrt(), attention_bias)?;
+        let probs = mode.dropout(&probs, self.attn_dropout)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let att = mode.dropout(
             &self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?,

@@ -103,12 +103,10 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (b, sq, _) = x.dims3()?;
         let q = self.split(Self::proj(&self.q, x, lora, LoraTarget::Q)?)?;
-        // T5 does not scale scores by 1/sqrt(d_kv)
-        let scores = q
-            .matmul(&k.transpose(2, 3)?.contiguous()?)?
-            .broadcast_add(bias)?;
+        // T5 does not scale scores by 1/sqrt(d_kv); the position bias + padding mask is frozen
+        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
         let ctx = drop
-            .apply(&ops::softmax_last_dim(&scores)?)?
+            .apply(&ops::attention_softmax(&scores, 1.0, bias)?)?
             .matmul(v)?
             .transpose(1, 2)?
             .reshape((b, sq, self.heads * self.d_kv))?;
