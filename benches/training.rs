@@ -118,6 +118,27 @@ impl Step {
         self.timed_run();
     }
 
+    /// `warmup` untimed steps, then `steps` timed ones; adds the median and minimum step
+    /// seconds, the median forward / backward / optimizer seconds and the peak RSS to `line`.
+    fn timings(&mut self, warmup: usize, steps: usize, line: &mut serde_json::Value) {
+        let mut times = Vec::new();
+        let mut parts = Vec::new();
+        for i in 0..warmup + steps {
+            let start = Instant::now();
+            let p = self.timed_run();
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+                parts.push(p);
+            }
+        }
+        let part = |k: usize| median(parts.iter().map(|p| p[k]).collect());
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let fields = json!({"steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "median_fwd_s": part(0), "median_bwd_s": part(1), "median_opt_s": part(2), "peak_rss_mb": peak_rss_mb()});
+        if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+    }
+
     /// One step; returns the seconds of (forward, backward, clip + AdamW).
     fn timed_run(&mut self) -> [f64; 3] {
         let mut rng = PetlRng::seed(5);
@@ -239,21 +260,9 @@ fn side(args: &[String]) {
         );
     } else {
         let mut step = Step::new(model, batch, len, vocab);
-        let mut parts = Vec::new();
-        for i in 0..warmup + steps {
-            let start = Instant::now();
-            let p = step.timed_run();
-            if i >= warmup {
-                times.push(start.elapsed().as_secs_f64());
-                parts.push(p);
-            }
-        }
-        let part = |k: usize| median(parts.iter().map(|p| p[k]).collect());
-        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        println!(
-            "{}",
-            json!({"side": "rust", "mode": "train", "shape": shape, "variant": variant.name(), "batch": batch, "seq": len, "threads": threads, "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "median_fwd_s": part(0), "median_bwd_s": part(1), "median_opt_s": part(2), "peak_rss_mb": peak_rss_mb()})
-        );
+        let mut line = json!({"side": "rust", "mode": "train", "shape": shape, "variant": variant.name(), "batch": batch, "seq": len, "threads": threads});
+        step.timings(warmup, steps, &mut line);
+        println!("{line}");
     }
 }
 
@@ -443,22 +452,9 @@ fn side_t5(shape: &str, variant: &str, mode: &str, steps: usize, warmup: usize) 
     let refs: Vec<&propetl::runtime::Example> = examples.iter().collect();
     let batch = model.collate(&refs, src, "sst2").unwrap();
     let mut step = Step::from_batch(Box::new(model), batch);
-    let mut times = Vec::new();
-    let mut parts = Vec::new();
-    for i in 0..warmup + steps {
-        let start = Instant::now();
-        let p = step.timed_run();
-        if i >= warmup {
-            times.push(start.elapsed().as_secs_f64());
-            parts.push(p);
-        }
-    }
-    let part = |k: usize| median(parts.iter().map(|p| p[k]).collect());
-    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-    println!(
-        "{}",
-        json!({"side": "rust", "mode": "train", "shape": shape, "variant": format!("t5_{}", variant.name()), "batch": 8, "seq": {"src": src, "tgt": tgt}, "threads": candle_core::utils::get_num_threads(), "steps": steps, "warmup": warmup, "median_step_s": median(times), "min_step_s": min, "median_fwd_s": part(0), "median_bwd_s": part(1), "median_opt_s": part(2), "peak_rss_mb": peak_rss_mb()})
-    );
+    let mut line = json!({"side": "rust", "mode": "train", "shape": shape, "variant": format!("t5_{}", variant.name()), "batch": 8, "seq": {"src": src, "tgt": tgt}, "threads": candle_core::utils::get_num_threads()});
+    step.timings(warmup, steps, &mut line);
+    println!("{line}");
 }
 
 fn t5_bench(reps: usize, dev: &Device) {

@@ -17,12 +17,7 @@ PY=${PY:-python3}
 OUT=${OUT:-bench-results/scaling-$(date -u +%Y%m%dT%H%MZ).jsonl}
 mkdir -p "$(dirname "$OUT")"
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-BIN=$(cargo bench --bench training --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "training" and m.get("executable"):
-        print(m["executable"])')
+BIN=$(scripts/bench-bin.sh)
 IFS=, read -ra seqs <<<"$SEQS"
 IFS=, read -ra batches <<<"$BATCHES"
 for b in "${batches[@]}"; do

@@ -46,12 +46,7 @@ fi
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 echo "building the Rust bench (release)..." >&2
-BIN=$(cargo bench --bench training --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "training" and m.get("executable"):
-        print(m["executable"])')
+BIN=$(scripts/bench-bin.sh)
 [ -x "$BIN" ] || { echo "error: could not build benches/training.rs" >&2; exit 1; }
 
 run_pair() { # shape variant mode

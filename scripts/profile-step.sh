@@ -9,12 +9,7 @@ cd "$(dirname "$0")/.."
 VARIANT=${1:-pro_adapter}
 MODE=${2:-train}
 export RAYON_NUM_THREADS=${THREADS:-2}
-BIN=$(cargo bench --bench training --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "training" and m.get("executable"):
-        print(m["executable"])')
+BIN=$(scripts/bench-bin.sh)
 DATA=$(mktemp /tmp/propetl-perf.XXXXXX)
 trap 'rm -f "$DATA"' EXIT
 # -D: start sampling after the set-up (≈1.5 s for roberta-base's random weights)
