@@ -345,7 +345,7 @@ fn main() {
         let minilm =
             Checkpoint::random(minilm_config(), 0.02, &mut PetlRng::seed(2), &dev).unwrap();
         for (shape, ckpt) in [("roberta-base", &base), ("minilm", &minilm)] {
-            for v in Variant::ALL {
+            for v in Variant::PETL {
                 let mut step = Step::new(build(v, ckpt), 8, 128, ckpt.config.vocab_size);
                 let s = time(reps, || step.run());
                 println!(

@@ -173,6 +173,12 @@ fn architecture(model_type: &str) -> Option<&'static str> {
 fn check_variant(variant: Variant, format: ExportFormat, dir: &Path) -> Result<()> {
     match variant {
         Variant::Lora | Variant::ProLora => Ok(()),
+        Variant::Full => bail!(
+            "{} is a `full` run: there is no adapter to export — its best.safetensors already holds \
+             the whole fine-tuned backbone under Hugging Face tensor names (plus `head.*`); \
+             `propetl predict` runs it",
+            dir.display()
+        ),
         other => match format {
             ExportFormat::Peft => bail!(
                 "{} is a `{other}` run: PEFT export writes LoRA adapters, so it works for `lora` and \

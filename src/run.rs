@@ -283,6 +283,15 @@ impl RunConfig {
         if self.task == Task::GlueMulti && family != ModelFamily::TextToText {
             bail!("task = \"glue\" trains the GLUE tasks together as text-to-text and needs a T5 model (model_dir with model_type \"t5\"); for an encoder train one task at a time");
         }
+        if self.variant.is_full() {
+            if family != ModelFamily::Encoder {
+                bail!("variant `full` (full fine-tuning) is available for encoder models (RoBERTa/BERT); T5 trains with its PETL variants");
+            }
+            if let Some(key) = self.petl.given().first() {
+                bail!("[petl] {key} does not apply to variant `full`: full fine-tuning has no PETL module");
+            }
+            return Ok(());
+        }
         let spec = match family {
             ModelFamily::Encoder => roberta::spec(self.variant),
             ModelFamily::TextToText => {

@@ -177,8 +177,17 @@ impl SweepConfig {
         let family = self.base.model_family()?;
         let specs: Vec<Option<PetlConfig>> =
             self.variants.iter().map(|v| spec(family, *v)).collect();
+        // full fine-tuning has no PETL module: no key applies to it; a family without a
+        // variant (spec `None`) is left to the cell's validation
+        let takes = |variant: &Variant, spec: &Option<PetlConfig>, key: &str| {
+            !variant.is_full() && spec.as_ref().is_none_or(|s| applies(s, key))
+        };
         for (key, _) in &self.petl {
-            if !specs.iter().flatten().any(|s| applies(s, key)) && specs.iter().all(Option::is_some)
+            if !self
+                .variants
+                .iter()
+                .zip(&specs)
+                .any(|(v, s)| takes(v, s, key))
             {
                 bail!(
                     "[sweep.petl] {key} applies to none of the variants ({})",
@@ -196,13 +205,11 @@ impl SweepConfig {
             let keys: Vec<&(String, Vec<toml::Value>)> = self
                 .petl
                 .iter()
-                .filter(|(k, _)| spec.as_ref().is_none_or(|s| applies(s, k)))
+                .filter(|(k, _)| takes(variant, spec, k))
                 .collect();
             // the base [petl] without what does not apply to this variant
             let mut base_petl = toml::Table::try_from(&self.base.petl)?;
-            if let Some(s) = spec {
-                base_petl.retain(|k, _| applies(s, k));
-            }
+            base_petl.retain(|k, _| takes(variant, spec, k));
             for combo in product(&keys) {
                 let mut petl = base_petl.clone();
                 let mut overrides = Vec::new();
@@ -917,6 +924,38 @@ mod tests {
         assert_eq!(cells[0].config.train.seed, 1);
         assert_eq!(cells[4].config.petl.keep, None);
         assert_eq!(cells[4].config.petl.reduction, Some(16));
+    }
+
+    #[test]
+    fn full_fine_tuning_takes_no_petl_key_and_runs_once_per_seed() {
+        let text = format!(
+            "{BASE}[petl]\nkeep = 0.3\n[sweep]\nvariants = [\"pro_adapter\", \"full\"]\nseeds = [1, 2]\n[sweep.petl]\nkeep = [0.1, 1.0]\n"
+        );
+        let cells = SweepConfig::from_toml_str(&text, "t")
+            .unwrap()
+            .cells()
+            .unwrap();
+        let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pro_adapter-keep0.1-seed1",
+                "pro_adapter-keep0.1-seed2",
+                "pro_adapter-keep1-seed1",
+                "pro_adapter-keep1-seed2",
+                "full-seed1",
+                "full-seed2",
+            ]
+        );
+        assert_eq!(cells[4].config.petl, NumericOverrides::default());
+        // a key that only `full` would get applies to none
+        let text = format!("{BASE}[sweep]\nvariants = [\"full\"]\n[sweep.petl]\nkeep = [0.5]\n");
+        let e = SweepConfig::from_toml_str(&text, "t")
+            .unwrap()
+            .cells()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("applies to none"), "{e}");
     }
 
     #[test]

@@ -197,7 +197,12 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
         assert!(mask.iter().all(|n| n.starts_with("mask.")), "{mask:?}");
         assert!(decay.contains(&"head.dense.weight".to_string()));
         assert!(no_decay.contains(&"head.out_proj.bias".to_string()));
-        assert!(no_decay.iter().all(|n| n.ends_with("bias")), "{no_decay:?}");
+        assert!(
+            no_decay
+                .iter()
+                .all(|n| n.ends_with("bias") || (variant.is_full() && n.contains("LayerNorm"))),
+            "{no_decay:?}"
+        );
         // every trainable tensor, found through the model, gets a non-zero gradient
         let examples = [
             Example::new(vec![0, 31, 87, 112, 2], 1.0),
@@ -230,11 +235,28 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
                 .unwrap();
             assert!(norm > 0.0, "{variant}: zero gradient for {}", t.name);
         }
-        // frozen means frozen: the backbone is plain tensors, never a trainable
-        assert!(model
+        let backbone = model
             .trainables()
             .iter()
-            .all(|t| !t.name.contains("encoder.layer")));
+            .filter(|t| t.name.contains("embeddings.") || t.name.contains("encoder.layer"))
+            .count();
+        if variant.is_full() {
+            // full fine-tuning: every backbone tensor of the checkpoint trains (and got a
+            // gradient above), under its Hugging Face name
+            assert_eq!(
+                backbone,
+                roberta::hf_tensors(&rob.config).len(),
+                "{variant}"
+            );
+            assert!(decay.contains(&format!(
+                "{}encoder.layer.0.attention.self.query.weight",
+                rob.prefix
+            )));
+            assert!(no_decay.contains(&format!("{}embeddings.LayerNorm.weight", rob.prefix)));
+        } else {
+            // frozen means frozen: the backbone is plain tensors, never a trainable
+            assert_eq!(backbone, 0, "{variant}");
+        }
         let _: &Tensor = &batch.input_ids;
     }
 }

@@ -206,8 +206,9 @@ pub(crate) fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor
     })
 }
 
-/// A frozen linear layer (PyTorch layout `weight [out, in]`, optional `bias [out]`), applied
-/// with `ops::frozen_linear` (no weight gradients).
+/// A linear layer (PyTorch layout `weight [out, in]`, optional `bias [out]`). Frozen (plain
+/// tensors) it is applied with `ops::frozen_linear` (no weight gradients); with a trainable
+/// weight (a `Var`'s tensor: full fine-tuning) with the differentiable `ops::linear`.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
     weight: Tensor,
@@ -232,7 +233,11 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::frozen_linear(x, &self.weight, self.bias.as_ref())
+        if self.weight.is_variable() {
+            ops::linear(x, &self.weight, self.bias.as_ref())
+        } else {
+            ops::frozen_linear(x, &self.weight, self.bias.as_ref())
+        }
     }
 }
 

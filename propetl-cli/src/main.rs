@@ -245,6 +245,14 @@ fn storage(
     if !tasks.is_empty() {
         anyhow::bail!("--tasks applies to multi-task T5 models (--model t5-base)");
     }
+    if variant.is_full() {
+        if keep.is_some() {
+            anyhow::bail!(
+                "--keep does not apply to variant `full` (full fine-tuning has no masks)"
+            );
+        }
+        return Ok((roberta::full::storage(&config)?, None));
+    }
     let cfg = overrides.apply(&roberta::spec(variant)?)?;
     let plan = Plan::new(&cfg, &config.layout())?;
     Ok((

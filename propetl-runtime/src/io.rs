@@ -125,7 +125,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The little-endian f32 bytes of `t`, refusing NaN and infinity (also values an f64 tensor
 /// overflows to in f32).
-fn finite_f32_bytes(name: &str, t: &Tensor) -> Result<Vec<u8>> {
+pub(crate) fn finite_f32_bytes(name: &str, t: &Tensor) -> Result<Vec<u8>> {
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     if v.iter().any(|x| !x.is_finite()) {
         return Err(PetlError::NonFinite {
@@ -133,6 +133,48 @@ fn finite_f32_bytes(name: &str, t: &Tensor) -> Result<Vec<u8>> {
         });
     }
     Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+/// A tensor to serialize: safetensors dtype, shape, little-endian bytes.
+pub(crate) type Blob = (StDtype, Vec<usize>, Vec<u8>);
+
+/// Serialize `blobs` with the JSON manifest `json` under `key` and its CRC-32 under
+/// `crc_key`, the manifest first in the metadata. safetensors writes the metadata from a
+/// `HashMap`, in an order that varies from map to map; equal states must give byte-identical
+/// files (a resumed run is compared with an uninterrupted one byte for byte), so this
+/// serializes until the order is the canonical one: each try is an independent coin flip over
+/// the two keys.
+pub(crate) fn serialize_canonical(
+    blobs: &BTreeMap<String, Blob>,
+    key: &str,
+    json: &str,
+    crc_key: &str,
+) -> Result<Vec<u8>> {
+    let json_crc = checksum(json.as_bytes());
+    let views = blobs
+        .iter()
+        .map(|(k, (dt, shape, data))| {
+            TensorView::new(*dt, shape.clone(), data).map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| PetlError::config(format!("safetensors view: {e}")))?;
+    let canonical = format!("{{\"__metadata__\":{{\"{key}\":");
+    for _ in 0..64 {
+        let bytes = safetensors::tensor::serialize(
+            views.clone(),
+            Some(HashMap::from([
+                (key.to_string(), json.to_string()),
+                (crc_key.to_string(), json_crc.clone()),
+            ])),
+        )
+        .map_err(|e| PetlError::config(format!("safetensors serialization: {e}")))?;
+        if bytes.get(8..8 + canonical.len()) == Some(canonical.as_bytes()) {
+            return Ok(bytes);
+        }
+    }
+    Err(PetlError::config(
+        "safetensors serialization: no canonical metadata order after 64 tries",
+    ))
 }
 
 /// Stored prototype tensors and shapes (prefixes: the materialized `prefix.ejected`).
@@ -182,9 +224,6 @@ fn names<'a>(it: impl IntoIterator<Item = &'a String>) -> String {
     }
 }
 
-/// One tensor as stored: dtype, shape, bytes.
-type Blob = (StDtype, Vec<usize>, Vec<u8>);
-
 impl PetlState {
     /// Save the trained state (prototype, current hard masks) plus `extra` tensors such as the
     /// head. `backbone_params` goes into the storage report of the manifest. Refuses NaN or
@@ -208,6 +247,12 @@ impl PetlState {
         backbone_params: usize,
     ) -> Result<(Manifest, Vec<u8>)> {
         let plan = self.plan();
+        if plan.is_empty() {
+            return Err(PetlError::config(
+                "a state without PETL modules (full fine-tuning) is saved with its backbone by \
+                 the model (`TaskModel::save`, crate::weights), not as a PETL state",
+            ));
+        }
         let keep = plan.config.keep;
         let (proto, masks) = self.stored_tensors()?;
         let mut blobs: BTreeMap<String, Blob> = BTreeMap::new();
@@ -273,35 +318,8 @@ impl PetlState {
             storage: StorageReport::from_plan(plan, backbone_params, head_params)?,
         };
         let json = serde_json::to_string(&manifest).expect("manifest serializes");
-        let json_crc = checksum(json.as_bytes());
-        let views = blobs
-            .iter()
-            .map(|(k, (dt, shape, data))| {
-                TensorView::new(*dt, shape.clone(), data).map(|v| (k.clone(), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| PetlError::config(format!("safetensors view: {e}")))?;
-        // safetensors writes the metadata from a `HashMap`, in an order that varies from map
-        // to map; equal states must give byte-identical files (a resumed run is compared with
-        // an uninterrupted one byte for byte), so serialize until the order is the canonical
-        // one (the manifest first): each try is an independent coin flip over two keys.
-        let canonical = format!("{{\"__metadata__\":{{\"{MANIFEST_KEY}\":");
-        for _ in 0..64 {
-            let bytes = safetensors::tensor::serialize(
-                views.clone(),
-                Some(HashMap::from([
-                    (MANIFEST_KEY.to_string(), json.clone()),
-                    (MANIFEST_CHECKSUM_KEY.to_string(), json_crc.clone()),
-                ])),
-            )
-            .map_err(|e| PetlError::config(format!("safetensors serialization: {e}")))?;
-            if bytes.get(8..8 + canonical.len()) == Some(canonical.as_bytes()) {
-                return Ok((manifest, bytes));
-            }
-        }
-        Err(PetlError::config(
-            "safetensors serialization: no canonical metadata order after 64 tries",
-        ))
+        let bytes = serialize_canonical(&blobs, MANIFEST_KEY, &json, MANIFEST_CHECKSUM_KEY)?;
+        Ok((manifest, bytes))
     }
 
     /// Load a state saved by [`PetlState::save`] into a model described by `config` and

@@ -16,6 +16,7 @@
 //! - [`task`]: the [`TaskModel`] interface the trainer uses;
 //! - [`device`]: devices by name ([`DeviceSpec`]);
 //! - [`io`]: bit-packed save/load with a versioned manifest;
+//! - [`weights`]: checked f32 weight files (full fine-tuning's backbone + head);
 //! - [`ops`]: differentiable softmax / LayerNorm / losses (Candle 0.11's fused ones drop
 //!   gradients).
 
@@ -36,6 +37,7 @@ pub mod state;
 pub mod storage;
 pub mod task;
 pub mod variant;
+pub mod weights;
 
 pub use device::DeviceSpec;
 pub use error::{LoadErrorKind, PetlError, Result};

@@ -166,6 +166,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan without any PETL tensor over `layout`: the plan of a model whose backbone
+    /// itself trains (full fine-tuning). Its `config` is a placeholder (the unshared
+    /// adapter's) that describes nothing; [`Plan::is_empty`] tells such a plan apart, and
+    /// [`PetlState`](crate::PetlState) refuses to save one.
+    pub fn empty(layout: &PetlLayout) -> Result<Self> {
+        layout.validate()?;
+        Ok(Self {
+            config: PetlConfig::unshared(Method::ADAPTER),
+            layout: layout.clone(),
+            prototype: Vec::new(),
+            sites: Vec::new(),
+            scores: Vec::new(),
+        })
+    }
+
+    /// Whether this plan has no PETL tensor at all ([`Plan::empty`]).
+    pub fn is_empty(&self) -> bool {
+        self.prototype.is_empty() && self.scores.is_empty()
+    }
+
     /// Build and validate the plan.
     pub fn new(config: &PetlConfig, layout: &PetlLayout) -> Result<Self> {
         config.validate()?;

@@ -91,6 +91,20 @@ impl PetlState {
         })
     }
 
+    /// A state without PETL modules over `layout` (full fine-tuning: the backbone itself
+    /// trains). Its contexts are identities, it has no trainables, and it cannot be saved.
+    pub fn empty(layout: &PetlLayout, device: &Device) -> Result<Self> {
+        Ok(Self {
+            plan: Plan::empty(layout)?,
+            values: Values::Trainable(BTreeMap::new()),
+            scores: BTreeMap::new(),
+            frozen: None,
+            materialized: Default::default(),
+            is_materialized: false,
+            device: device.clone(),
+        })
+    }
+
     /// An inference-only state from fixed tensors and hard masks (used by the loader).
     pub(crate) fn from_fixed(
         plan: Plan,
@@ -328,6 +342,9 @@ impl PetlState {
 
     fn build_context(&self, task: &str) -> Result<PetlContext> {
         let plan = &self.plan;
+        if plan.is_empty() {
+            return Ok(PetlContext::identity(plan.layout.layers.len()));
+        }
         let mut cache = HashMap::new();
         let mut layers = Vec::with_capacity(plan.layout.layers.len());
         match &plan.config.method {

@@ -66,6 +66,40 @@ impl StorageReport {
         })
     }
 
+    /// The report of full fine-tuning (the paper's reference row): no PETL module, the
+    /// `trained_floats` backbone weights that train are stored whole (as f32), against a
+    /// backbone of `backbone_params` (which may count weights the task never uses, e.g. a
+    /// pooler). The "unshared baseline" of full fine-tuning is itself.
+    pub fn full_fine_tuning(
+        trained_floats: usize,
+        backbone_params: usize,
+        head_params: usize,
+    ) -> Result<Self> {
+        let payload_bytes = trained_floats.checked_mul(4).ok_or_else(|| {
+            crate::PetlError::config(format!(
+                "{trained_floats} trained floats overflow a byte count"
+            ))
+        })?;
+        let f32eq = trained_floats as f64;
+        Ok(Self {
+            description: "full fine-tuning (every backbone weight trains)".to_string(),
+            prototype_floats: trained_floats,
+            training_prototype_floats: trained_floats,
+            mask_entries: 0,
+            float32_equivalents: f32eq,
+            payload_bytes,
+            backbone_params,
+            percent_of_backbone: if backbone_params > 0 {
+                100.0 * f32eq / backbone_params as f64
+            } else {
+                0.0
+            },
+            baseline_floats: trained_floats,
+            ratio_to_baseline: 1.0,
+            head_params,
+        })
+    }
+
     /// A small human-readable table.
     pub fn to_table(&self) -> String {
         format!(
@@ -126,6 +160,18 @@ mod tests {
         );
         assert!((a.ratio_to_baseline - 0.1143).abs() < 1e-3);
         assert_eq!(a.payload_bytes, 99_136 * 4 + 12 * 98_304 / 8);
+    }
+
+    #[test]
+    fn full_fine_tuning_stores_the_backbone() {
+        let r =
+            StorageReport::full_fine_tuning(ROBERTA_BASE - 590_592, ROBERTA_BASE, 592_130).unwrap();
+        assert_eq!(r.float32_equivalents, (ROBERTA_BASE - 590_592) as f64);
+        assert_eq!(r.mask_entries, 0);
+        assert_eq!(r.payload_bytes, 4 * (ROBERTA_BASE - 590_592));
+        assert!((r.percent_of_backbone - 99.526).abs() < 1e-3);
+        assert_eq!(r.ratio_to_baseline, 1.0);
+        assert!(StorageReport::full_fine_tuning(usize::MAX, 1, 0).is_err());
     }
 
     #[test]

@@ -290,6 +290,12 @@ pub trait TaskModel: ProPetlModel {
     /// Trainable tensors outside the PETL state (heads), with their optimizer roles.
     fn head_trainables(&self) -> Vec<Trainable>;
 
+    /// Backbone tensors that train, with their optimizer roles: empty for the PETL variants
+    /// (the backbone is frozen), every backbone weight for full fine-tuning.
+    fn backbone_trainables(&self) -> Vec<Trainable> {
+        Vec::new()
+    }
+
     /// Parameters of the frozen backbone (the denominator of the storage report).
     fn backbone_params(&self) -> usize;
 
@@ -298,16 +304,19 @@ pub trait TaskModel: ProPetlModel {
         self.petl().device()
     }
 
-    /// Every trainable tensor: PETL state and heads.
+    /// Every trainable tensor: PETL state, heads and (full fine-tuning) the backbone.
     fn trainables(&self) -> Vec<Trainable> {
         let mut all = self.petl().trainables();
         all.extend(self.head_trainables());
+        all.extend(self.backbone_trainables());
         all
     }
 
     /// The reference optimizer groups over [`trainables`](Self::trainables).
     fn task_optimizer_groups(&self, hyper: &GroupHyper) -> Vec<ParamGroup> {
-        self.optimizer_groups(hyper, &self.head_trainables())
+        let mut outside = self.head_trainables();
+        outside.extend(self.backbone_trainables());
+        self.optimizer_groups(hyper, &outside)
     }
 
     /// The head tensors by name (detached copies, for saving).

@@ -1,6 +1,7 @@
-//! The paper's variants by name: ProPETL (`pro_adapter`, `pro_lora`, `pro_prefix`) and the
-//! unshared baselines (`adapter`, `lora`, `prefix`). A model family maps each variant it
-//! supports to one of its `#[propetl]` types.
+//! The paper's variants by name: ProPETL (`pro_adapter`, `pro_lora`, `pro_prefix`), the
+//! unshared baselines (`adapter`, `lora`, `prefix`) and full fine-tuning (`full`, the paper's
+//! other reference row: no PETL module, every backbone weight trains). A model family maps
+//! each variant it supports to one of its types.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,11 +26,24 @@ pub enum Variant {
     Lora,
     /// One prefix per layer.
     Prefix,
+    /// Full fine-tuning: no PETL module, every backbone weight trains (and is stored).
+    Full,
 }
 
 impl Variant {
     /// All variants.
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
+        Variant::ProAdapter,
+        Variant::ProLora,
+        Variant::ProPrefix,
+        Variant::Adapter,
+        Variant::Lora,
+        Variant::Prefix,
+        Variant::Full,
+    ];
+
+    /// The six PETL variants (a frozen backbone and PETL modules): all but [`Variant::Full`].
+    pub const PETL: [Variant; 6] = [
         Variant::ProAdapter,
         Variant::ProLora,
         Variant::ProPrefix,
@@ -47,6 +61,7 @@ impl Variant {
             Variant::Adapter => "adapter",
             Variant::Lora => "lora",
             Variant::Prefix => "prefix",
+            Variant::Full => "full",
         }
     }
 
@@ -56,6 +71,11 @@ impl Variant {
             self,
             Variant::ProAdapter | Variant::ProLora | Variant::ProPrefix
         )
+    }
+
+    /// Whether the backbone itself trains (full fine-tuning): no PETL module, no PETL spec.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Variant::Full)
     }
 }
 
@@ -115,7 +135,9 @@ mod tests {
             "ProAdapter".parse::<Variant>().unwrap(),
             Variant::ProAdapter
         );
-        let e = "full".parse::<Variant>().unwrap_err().to_string();
-        assert!(e.contains("pro_adapter"), "{e}");
+        assert_eq!("Full".parse::<Variant>().unwrap(), Variant::Full);
+        let e = "fulll".parse::<Variant>().unwrap_err().to_string();
+        assert!(e.contains("pro_adapter") && e.contains("full"), "{e}");
+        assert!(Variant::PETL.iter().all(|v| !v.is_full()));
     }
 }

@@ -13,7 +13,8 @@ use super::config::RobertaConfig;
 use crate::common::{get, Linear};
 use crate::error::{ModelError, Result};
 
-/// A frozen LayerNorm, applied with the differentiable formulation.
+/// A LayerNorm: frozen (the fused kernel, input gradients only) or, with trainable
+/// parameters (full fine-tuning), the composed differentiable formulation.
 #[derive(Debug, Clone)]
 struct LayerNorm {
     weight: Tensor,
@@ -30,7 +31,11 @@ impl LayerNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::frozen_layer_norm(x, &self.weight, &self.bias, self.eps)
+        if self.weight.is_variable() {
+            ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else {
+            ops::frozen_layer_norm(x, &self.weight, &self.bias, self.eps)
+        }
     }
 }
 

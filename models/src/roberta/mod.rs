@@ -5,7 +5,8 @@
 //! `model.safetensors`, `tokenizer.json`): the layer math is identical; they differ in the
 //! position-id offset, the token-type vocabulary and the weight-name prefix (`roberta.`,
 //! `bert.` or none), all detected from the checkpoint. The backbone is loaded as frozen
-//! tensors (never `Var`s); only the PETL state and the head are trainable.
+//! tensors (never `Var`s); only the PETL state and the head are trainable — except in full
+//! fine-tuning ([`RobertaFull`]), where every backbone weight is a `Var`.
 //!
 //! | file | what it holds |
 //! |---|---|
@@ -14,6 +15,7 @@
 //! | `layers.rs` | embeddings, [`RobertaLayer`] and its injection sites, the shared forward pass, [`FrozenEncoder`], [`mean_pool_normalized`] |
 //! | `head.rs` | [`ClassificationHead`] |
 //! | `variants.rs` | the six `#[propetl]` variant types, the variant table, [`spec`], [`build`] |
+//! | `full.rs` | [`RobertaFull`]: full fine-tuning (`full`), every backbone weight a trainable `Var` |
 //!
 //! ```no_run
 //! use candle_core::Device;
@@ -35,12 +37,14 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod full;
 pub mod head;
 pub mod layers;
 pub mod variants;
 
 pub use checkpoint::{hf_tensors, Checkpoint};
 pub use config::RobertaConfig;
+pub use full::RobertaFull;
 pub use head::ClassificationHead;
 pub use layers::{mean_pool_normalized, Backbone, Embeddings, FrozenEncoder, RobertaLayer};
 pub use variants::{

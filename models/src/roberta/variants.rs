@@ -181,11 +181,16 @@ const VARIANTS: [(Variant, PetlConfig, Builder); 6] = [
 ];
 
 fn entry(variant: Variant) -> Result<&'static (Variant, PetlConfig, Builder)> {
-    crate::common::find_variant(&VARIANTS, variant, "RoBERTa", "")
+    crate::common::find_variant(&VARIANTS, variant, "RoBERTa", ", full")
 }
 
-/// The compile-time spec of a RoBERTa variant.
+/// The compile-time spec of a RoBERTa PETL variant (`full` has none: it has no PETL module).
 pub fn spec(variant: Variant) -> Result<PetlConfig> {
+    if variant.is_full() {
+        return Err(ModelError::Config(
+            "variant `full` (full fine-tuning) has no PETL module and no PETL spec".into(),
+        ));
+    }
     Ok(entry(variant)?.1.clone())
 }
 
@@ -198,6 +203,16 @@ pub fn build(
     varmap: &VarMap,
     rng: &mut PetlRng,
 ) -> Result<Box<dyn TaskModel>> {
+    if variant.is_full() {
+        if let Some(key) = overrides.given().first() {
+            return Err(ModelError::Config(format!(
+                "`{key}` does not apply to variant `full` (full fine-tuning has no PETL module)"
+            )));
+        }
+        return Ok(Box::new(super::full::RobertaFull::from_checkpoint(
+            ckpt, kind, varmap, rng,
+        )?));
+    }
     (entry(variant)?.2)(ckpt, kind, overrides, varmap, rng)
 }
 
