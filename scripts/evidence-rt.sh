@@ -7,7 +7,8 @@
 # it continues after an interruption. `propetl report runs/evidence-rt/*` summarizes.
 # The same on the VADER movie-snippet regression task (Pearson/Spearman):
 #   TASK=vader-movies scripts/evidence-rt.sh   → runs/evidence-vader
-# Usage: [TASK=rotten-tomatoes|vader-movies] scripts/evidence-rt.sh [VARIANT ...]   (default: all seven)
+# Usage: [TASK=rotten-tomatoes|vader-movies] [SEEDS="42 43 44"] scripts/evidence-rt.sh [VARIANT ...]
+# (default: all seven variants, seeds 42 43 44)
 set -u
 task=${TASK:-rotten-tomatoes}
 case $task in
@@ -22,7 +23,7 @@ variants=("$@")
 for v in "${variants[@]}"; do
   lr=1e-3
   [ "$v" = full ] && lr=5e-5
-  for s in 42 43 44; do
+  for s in ${SEEDS:-42 43 44}; do
     out=$dir/$v-seed$s
     [ -f $out/report.json ] && continue
     echo "$(date -u +%T) $task $v seed $s"
