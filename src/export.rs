@@ -1,4 +1,5 @@
-//! Export of trained LoRA / ProLoRA runs to the formats the rest of the ecosystem reads.
+//! Export of trained LoRA / ProLoRA (and full fine-tuning) runs to the formats the rest of the
+//! ecosystem reads.
 //!
 //! - [`ExportFormat::Peft`]: a PEFT LoRA adapter folder (`adapter_config.json` +
 //!   `adapter_model.safetensors`), loadable with `PeftModel.from_pretrained` on the run's base
@@ -10,7 +11,8 @@
 //!   `model.safetensors`, `tokenizer.json`) with `ΔW_l = (α/r)(B⊙M_B)(A⊙M_A)` folded into the
 //!   projection weights and the head as `classifier.*`: `RobertaForSequenceClassification` in
 //!   transformers, a base checkpoint for `propetl train`, and [`MergedClassifier`] here (the
-//!   frozen backbone alone, at plain-backbone speed).
+//!   frozen backbone alone, at plain-backbone speed). A `full` (full fine-tuning) run exports
+//!   the same way, with its own fine-tuned backbone.
 //!
 //! Adapter and prefix runs add modules that neither format has a place for: they are refused
 //! with a message that says so. Everything is validated before anything is written; the
@@ -115,9 +117,9 @@ pub struct ExportSummary {
     pub tensors: usize,
     /// Encoder layers.
     pub layers: usize,
-    /// LoRA targets as Hugging Face module names (`query`, `value`, …).
+    /// LoRA targets as Hugging Face module names (`query`, `value`, …; empty for a `full` run).
     pub target_modules: Vec<String>,
-    /// LoRA rank.
+    /// LoRA rank (0 for a `full` run).
     pub r: usize,
     /// LoRA α (PEFT's `lora_alpha`; the update is scaled by α/r).
     pub alpha: f64,
@@ -173,12 +175,14 @@ fn architecture(model_type: &str) -> Option<&'static str> {
 fn check_variant(variant: Variant, format: ExportFormat, dir: &Path) -> Result<()> {
     match variant {
         Variant::Lora | Variant::ProLora => Ok(()),
-        Variant::Full => bail!(
-            "{} is a `full` run: there is no adapter to export — its best.safetensors already holds \
-             the whole fine-tuned backbone under Hugging Face tensor names (plus `head.*`); \
-             `propetl predict` runs it",
-            dir.display()
-        ),
+        Variant::Full => match format {
+            ExportFormat::Merged => Ok(()),
+            ExportFormat::Peft => bail!(
+                "{} is a `full` run: there is no adapter to export to PEFT; `--format merged` \
+                 writes its fine-tuned backbone as a Hugging Face checkpoint",
+                dir.display()
+            ),
+        },
         other => match format {
             ExportFormat::Peft => bail!(
                 "{} is a `{other}` run: PEFT export writes LoRA adapters, so it works for `lora` and \
@@ -418,16 +422,34 @@ fn peft_files(run: &LoadedRun, base_model: &str) -> Result<(Files, ExportSummary
 
 /// The files of a merged Hugging Face checkpoint.
 fn merged_files(run: &LoadedRun) -> Result<(Files, ExportSummary)> {
-    let (factors, r, alpha, targets) = lora_factors(run.model.as_ref())?;
     let ckpt = &run.ckpt;
-    let vb = ckpt.backbone();
     let mut tensors = BTreeMap::new();
-    for t in hf_tensors(&ckpt.config) {
-        let w = vb
-            .get(t.shape.as_slice(), &t.name)
-            .with_context(|| format!("reading `{}` from the base checkpoint", t.name))?;
-        tensors.insert(t.name, w.to_dtype(DType::F32)?);
-    }
+    let (factors, r, alpha, targets) = if run.cfg.variant.is_full() {
+        // full fine-tuning: the run's own backbone, every tensor of the layout
+        let trained: BTreeMap<String, Tensor> = run
+            .model
+            .backbone_trainables()
+            .into_iter()
+            .map(|t| (t.name, t.var.as_tensor().detach()))
+            .collect();
+        for t in hf_tensors(&ckpt.config) {
+            let name = format!("{}{}", ckpt.prefix, t.name);
+            let w = trained
+                .get(&name)
+                .with_context(|| format!("the full run's model has no trained `{name}`"))?;
+            tensors.insert(t.name, w.to_dtype(DType::F32)?);
+        }
+        (Vec::new(), 0, 0.0, Vec::new())
+    } else {
+        let vb = ckpt.backbone();
+        for t in hf_tensors(&ckpt.config) {
+            let w = vb
+                .get(t.shape.as_slice(), &t.name)
+                .with_context(|| format!("reading `{}` from the base checkpoint", t.name))?;
+            tensors.insert(t.name, w.to_dtype(DType::F32)?);
+        }
+        lora_factors(run.model.as_ref())?
+    };
     for f in &factors {
         let (module, _) = hf_module(f.target);
         let name = format!("encoder.layer.{}.{module}.weight", f.layer);

@@ -697,3 +697,60 @@ fn a_t5_run_is_refused_clearly() {
         assert!(!out.exists());
     }
 }
+
+/// A `full` run (every backbone weight trained) exports as a merged checkpoint holding its own
+/// backbone: propetl opens it as a base checkpoint and predicts the run's logits; PEFT export
+/// is refused with a pointer to `--format merged`.
+#[test]
+fn a_full_run_exports_its_fine_tuned_backbone_as_a_merged_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = builtin_config(Variant::Full);
+    cfg.model_dir = Some(tiny_roberta());
+    cfg.train.lr = 1e-3;
+    let run = dir.path().join("full-run");
+    run_with(&cfg, &run, RunOptions::default(), &mut Silent).unwrap();
+    let out = dir.path().join("merged-full");
+    let s = export(&run, ExportFormat::Merged, &out, &ExportOptions::default()).unwrap();
+    assert!(s.target_modules.is_empty() && s.r == 0);
+    let t = load_safetensors(&out.join("model.safetensors"));
+    let base = load_safetensors(&tiny_roberta().join("model.safetensors"));
+    // every backbone tensor is there, and training moved the weights
+    let backbone: Vec<&String> = t.keys().filter(|k| k.starts_with("roberta.")).collect();
+    let ckpt = Checkpoint::open(tiny_roberta(), &Device::Cpu).unwrap();
+    assert_eq!(backbone.len(), roberta::hf_tensors(&ckpt.config).len());
+    let moved = backbone
+        .iter()
+        .filter(|k| {
+            let d = (&t[**k] - &base[**k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            d > 0.0
+        })
+        .count();
+    assert!(
+        moved > backbone.len() / 2,
+        "{moved} of {} moved",
+        backbone.len()
+    );
+    let merged = MergedClassifier::load(&out, &Device::Cpu).unwrap();
+    let got = merged.logits(&inputs(&TEXTS), 3).unwrap();
+    let want = run_logits(&run, &TEXTS);
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-4, "merged vs full run logits differ by {d}");
+    let e = export(
+        &run,
+        ExportFormat::Peft,
+        &dir.path().join("peft-full"),
+        &ExportOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--format merged"), "{e}");
+}
