@@ -336,6 +336,83 @@ impl CustomOp1 for FrozenLayerNorm {
     }
 }
 
+/// T5's RMS LayerNorm `y = w · x / sqrt(mean(x²) + eps)` over the last dimension with a
+/// frozen `weight`: the backward pass returns only the input gradient
+/// `dx = r·(w⊙g) − x·r³·mean(w⊙g⊙x)`, `r = 1/sqrt(mean(x²) + eps)`; row sums in f64. It keeps
+/// only `x` alive for the backward pass (the composed form keeps four intermediates).
+pub(crate) struct FrozenRmsNorm {
+    weight: Arc<Vec<f32>>,
+    eps: f64,
+}
+
+impl FrozenRmsNorm {
+    pub(crate) fn new(weight: &Tensor, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Arc::new(host(weight)?),
+            eps,
+        })
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)` of one row.
+fn row_rms_inverse(r: &[f32], eps: f64) -> f32 {
+    let ms = r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / r.len() as f64;
+    (1.0 / (ms + eps).sqrt()) as f32
+}
+
+impl CustomOp1 for FrozenRmsNorm {
+    fn name(&self) -> &'static str {
+        "frozen-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let n = *l.dims().last().unwrap_or(&1);
+        if self.weight.len() != n {
+            candle_core::bail!(
+                "frozen-rms-norm: a weight of {} for rows of {n}",
+                self.weight.len()
+            )
+        }
+        let (w, eps) = (&self.weight, self.eps);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .with_min_len(MIN_ROWS)
+            .for_each(|(o, r)| {
+                let inv = row_rms_inverse(r, eps);
+                for i in 0..n {
+                    o[i] = w[i] * (r[i] * inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let n = *arg.dims().last().unwrap_or(&1);
+        let (w, eps) = (&self.weight, self.eps);
+        let dx = with_f32(arg, |x| {
+            with_f32(grad, |g| {
+                let mut dx = vec![0f32; x.len()];
+                dx.par_chunks_mut(n)
+                    .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+                    .with_min_len(MIN_ROWS)
+                    .for_each(|(d, (r, gr))| {
+                        let inv = row_rms_inverse(r, eps);
+                        let sum_gwx: f64 =
+                            (0..n).map(|i| (gr[i] * w[i]) as f64 * r[i] as f64).sum();
+                        let c = (sum_gwx / n as f64) as f32 * inv * inv * inv;
+                        for i in 0..n {
+                            d[i] = inv * gr[i] * w[i] - r[i] * c;
+                        }
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
 /// Inverted dropout: keeps each element with probability `keep` (scaled by `1 / keep`). The
 /// keep/drop bits come from ChaCha8 streams seeded once per call (one stream per block of
 /// [`CHUNK`] elements), so they do not depend on the thread count; the backward pass applies

@@ -78,6 +78,17 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         .broadcast_mul(weight)
 }
 
+/// T5's RMS LayerNorm with a **frozen** `weight`: gradients flow to `x` only (the composed
+/// [`rms_norm`] over a detached weight). On the CPU in f32 this is one fused kernel (forward
+/// and backward) that keeps only `x` for the backward pass.
+pub fn frozen_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::fused::applies(x) && crate::fused::applies(weight) {
+        let op = crate::fused::FrozenRmsNorm::new(weight, eps)?;
+        return x.contiguous()?.apply_op1(op);
+    }
+    rms_norm(x, &weight.detach(), eps)
+}
+
 /// `x Wᵀ + b` for `x` of any rank ≥ 2 (`W` is `[out, in]`, PyTorch layout).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
@@ -284,6 +295,11 @@ mod tests {
                 "layer_norm",
                 |x, w, b| frozen_layer_norm(x, w, b, 1e-5),
                 |x, w, b| layer_norm(x, w, b, 1e-5),
+            ),
+            (
+                "rms_norm",
+                |x, w, _| frozen_rms_norm(x, w, 1e-6),
+                |x, w, _| rms_norm(x, w, 1e-6),
             ),
             (
                 "softmax",

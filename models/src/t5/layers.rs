@@ -187,11 +187,11 @@ impl T5Block {
         cross: Option<&LayerPetl>,
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
-        let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
+        let n = ops::frozen_rms_norm(h, &self.self_norm, self.eps)?;
         let a = self.self_attn.forward(&n, &n, bias, Some(petl), drop)?;
         let mut h = h.add(&drop.apply(&a)?)?;
         if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
-            let n = ops::rms_norm(&h, norm, self.eps)?;
+            let n = ops::frozen_rms_norm(&h, norm, self.eps)?;
             let a = attn.forward(&n, enc_out, enc_bias, cross, drop)?;
             h = h.add(&drop.apply(&a)?)?;
         }
@@ -207,7 +207,7 @@ impl T5Block {
         petl: &LayerPetl,
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
-        let n = ops::rms_norm(h, &self.ff_norm, self.eps)?;
+        let n = ops::frozen_rms_norm(h, &self.ff_norm, self.eps)?;
         let mut hidden = ops::activate(&self.wi[0].forward(&n)?, self.act)?;
         if let Some(linear) = self.wi.get(1) {
             hidden = hidden.mul(&linear.forward(&n)?)?;
@@ -256,7 +256,7 @@ impl T5Block {
             mode: &mut eval,
             p: 0.0,
         };
-        let n = ops::rms_norm(h, &self.self_norm, self.eps)?;
+        let n = ops::frozen_rms_norm(h, &self.self_norm, self.eps)?;
         let (k, v) = self.self_attn.keys_values(&n, Some(petl))?;
         let (k, v) = match cache.self_kv.take() {
             Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
@@ -265,7 +265,7 @@ impl T5Block {
         let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias, Some(petl), drop)?)?;
         cache.self_kv = Some((k, v));
         if let Some((attn, norm)) = &self.cross {
-            let n = ops::rms_norm(&h, norm, self.eps)?;
+            let n = ops::frozen_rms_norm(&h, norm, self.eps)?;
             let (ck, cv) = &cache.cross_kv;
             h = h.add(&attn.attend(&n, ck, cv, enc_bias, cross, drop)?)?;
         }
@@ -511,7 +511,11 @@ fn encode_with(
     for (l, block) in blocks[..c.num_layers].iter().enumerate() {
         h = block.forward(&h, &enc_bias, None, petl.layer(l), None, drop)?;
     }
-    let enc_out = drop.apply(&ops::rms_norm(&h, &st.enc_final, c.layer_norm_epsilon)?)?;
+    let enc_out = drop.apply(&ops::frozen_rms_norm(
+        &h,
+        &st.enc_final,
+        c.layer_norm_epsilon,
+    )?)?;
     Ok((enc_out, cross_bias))
 }
 
@@ -570,7 +574,11 @@ fn decode_with(
             drop,
         )?;
     }
-    let dec_out = drop.apply(&ops::rms_norm(&h, &st.dec_final, c.layer_norm_epsilon)?)?;
+    let dec_out = drop.apply(&ops::frozen_rms_norm(
+        &h,
+        &st.dec_final,
+        c.layer_norm_epsilon,
+    )?)?;
     project(st, &dec_out)
 }
 
@@ -578,7 +586,10 @@ fn decode_with(
 /// logits `[B,T,V]`.
 pub(crate) fn lm_head(st: &Stacks, h: &Tensor) -> Result<Tensor> {
     let c = &st.config;
-    project(st, &ops::rms_norm(h, &st.dec_final, c.layer_norm_epsilon)?)
+    project(
+        st,
+        &ops::frozen_rms_norm(h, &st.dec_final, c.layer_norm_epsilon)?,
+    )
 }
 
 /// Normed decoder output → logits: scaled by d_model^-0.5 where the config says so (original
