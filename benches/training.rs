@@ -285,6 +285,29 @@ fn main() {
         json!({"bench": "setup", "threads": candle_core::utils::get_num_threads(), "quick": quick})
     );
 
+    if want("gemm") {
+        // the frozen linear's gemm (the `gemm` crate, bias folded in) at roberta-base's shapes:
+        // rows = batch × sequence, [rows, in] · [out, in]ᵀ; GFLOP/s to compare with a BLAS
+        let mut rng = PetlRng::seed(5);
+        for (rows, inp, out) in [
+            (1024usize, 768usize, 768usize),
+            (1024, 768, 3072),
+            (1024, 3072, 768),
+            (4096, 768, 3072),
+        ] {
+            let x = rng.normal((rows, inp), 1.0, &dev).unwrap();
+            let w = rng.normal((out, inp), 0.02, &dev).unwrap();
+            let b = rng.normal(out, 0.02, &dev).unwrap();
+            let secs = time(if quick { 2 } else { 10 }, || {
+                propetl::runtime::ops::frozen_linear(&x, &w, Some(&b)).unwrap();
+            });
+            println!(
+                "{}",
+                json!({"bench": "gemm", "rows": rows, "in": inp, "out": out, "seconds": secs, "gflops": 2.0 * (rows * inp * out) as f64 / secs / 1e9})
+            );
+        }
+    }
+
     if want("binarize") {
         let mut rng = PetlRng::seed(1);
         for (name, shape, keep) in [
