@@ -15,6 +15,8 @@
 //! seeds = [42, 43, 44]
 //! [sweep.petl]          # optional: one list per override key of `[petl]`
 //! keep = [0.1, 0.5]
+//! [sweep.train.full]    # optional: `[train]` keys for one variant's cells
+//! lr = 5e-5
 //! ```
 //!
 //! Every cell (variant × override values × seed) is a run directory under the sweep folder,
@@ -23,7 +25,8 @@
 //! variant (`keep` for the unshared `adapter`, `r` for an adapter) is dropped for that
 //! variant — from the grid and from the base `[petl]` section — so the unshared baselines run
 //! once per seed next to a keep sweep; a grid key that applies to none of the variants is an
-//! error.
+//! error. `[sweep.train.<variant>]` overrides `[train]` keys for that variant's cells (full
+//! fine-tuning needs a far smaller learning rate than the PETL variants).
 //!
 //! [`run_sweep`] validates every cell's configuration before anything is written, then runs
 //! the cells in order: a cell whose directory holds a complete `report.json` (written with
@@ -77,6 +80,8 @@ pub struct SweepConfig {
     pub seeds: Vec<u64>,
     /// Override keys and their values, in the canonical key order.
     pub petl: Vec<(String, Vec<toml::Value>)>,
+    /// `[train]` keys set for one variant's cells (`[sweep.train.<variant>]`).
+    pub train: BTreeMap<Variant, toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +93,8 @@ struct SweepSection {
     seeds: Vec<u64>,
     #[serde(default)]
     petl: BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    train: BTreeMap<String, toml::Table>,
 }
 
 impl SweepConfig {
@@ -138,11 +145,32 @@ impl SweepConfig {
             }
         }
         petl.sort_by_key(|(k, _)| KEY_ORDER.iter().position(|o| o == k));
+        let mut train = BTreeMap::new();
+        for (name, keys) in section.train {
+            let variant: Variant = name
+                .parse()
+                .with_context(|| format!("{source}: [sweep.train.{name}]"))?;
+            if !variants.contains(&variant) {
+                bail!(
+                    "{source}: [sweep.train.{name}] names a variant the sweep does not run ({})",
+                    variants
+                        .iter()
+                        .map(|v| v.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            // the keys must make a valid [train] section on top of the base one
+            with_train(&base, &keys)
+                .with_context(|| format!("{source}: invalid [sweep.train.{name}]"))?;
+            train.insert(variant, keys);
+        }
         Ok(Self {
             base,
             variants,
             seeds,
             petl,
+            train,
         })
     }
 
@@ -223,7 +251,10 @@ impl SweepConfig {
                     .with_context(|| format!("sweep cell {group}: invalid [petl] values"))?;
                 for &seed in &self.seeds {
                     let name = format!("{group}-seed{seed}");
-                    let mut config = self.base.clone();
+                    let mut config = match self.train.get(variant) {
+                        Some(keys) => with_train(&self.base, keys)?,
+                        None => self.base.clone(),
+                    };
                     config.variant = *variant;
                     config.train.seed = seed;
                     config.petl = petl.clone();
@@ -247,6 +278,17 @@ impl SweepConfig {
         }
         Ok(cells)
     }
+}
+
+/// `base` with the `[train]` keys of `keys` set (unknown keys and wrong types are errors).
+fn with_train(base: &RunConfig, keys: &toml::Table) -> Result<RunConfig> {
+    let mut train = toml::Table::try_from(&base.train)?;
+    for (k, v) in keys {
+        train.insert(k.clone(), v.clone());
+    }
+    let mut config = base.clone();
+    config.train = toml::Value::Table(train).try_into()?;
+    Ok(config)
 }
 
 /// The variant's PETL spec on the base model's family (`None` when the family has no such
@@ -948,6 +990,25 @@ mod tests {
             ]
         );
         assert_eq!(cells[4].config.petl, NumericOverrides::default());
+        // `[sweep.train.full]` sets full fine-tuning's own learning rate, nobody else's
+        let text = "task = \"sst2\"\ndata_dir = \"tests/fixtures/glue\"\n[train]\nepochs = 1\nlr = 1e-3\n[sweep]\nvariants = [\"pro_adapter\", \"full\"]\n[sweep.train.full]\nlr = 5e-5\n";
+        let cells = SweepConfig::from_toml_str(text, "t")
+            .unwrap()
+            .cells()
+            .unwrap();
+        assert_eq!(cells[0].config.train.lr, 1e-3);
+        assert_eq!(cells[1].config.train.lr, 5e-5);
+        assert_eq!(cells[1].config.train.epochs, 1);
+        let bad = |extra: &str| {
+            let text = format!("{BASE}[sweep]\nvariants = [\"pro_adapter\", \"full\"]\n{extra}");
+            format!("{:#}", SweepConfig::from_toml_str(&text, "t").unwrap_err())
+        };
+        let e = bad("[sweep.train.lora]\nlr = 1e-4\n");
+        assert!(e.contains("does not run"), "{e}");
+        let e = bad("[sweep.train.full]\nlrr = 1e-4\n");
+        assert!(e.contains("lrr"), "{e}");
+        let e = bad("[sweep.train.fulll]\nlr = 1e-4\n");
+        assert!(e.contains("fulll"), "{e}");
         // a key that only `full` would get applies to none
         let text = format!("{BASE}[sweep]\nvariants = [\"full\"]\n[sweep.petl]\nkeep = [0.5]\n");
         let e = SweepConfig::from_toml_str(&text, "t")

@@ -357,3 +357,31 @@ fn the_example_sweep_parses_into_48_cells() {
     assert_eq!(cells[0].name, "pro_adapter-keep0.05-seed42");
     assert_eq!(cells.last().unwrap().name, "lora-seed44");
 }
+
+#[test]
+fn the_variant_sweeps_parse_into_21_cells_with_full_fine_tunings_own_rate() {
+    for (file, task) in [
+        ("variants_rt.toml", "rotten-tomatoes"),
+        ("variants_vader.toml", "vader-movies"),
+    ] {
+        let mut cfg =
+            SweepConfig::from_toml_file(&root().join("configs/sweeps").join(file)).unwrap();
+        assert_eq!(cfg.base.task.name(), task);
+        if !root().join("assets/all-MiniLM-L6-v2/config.json").exists() {
+            continue;
+        }
+        cfg.base.model_dir = Some(root().join("assets/all-MiniLM-L6-v2"));
+        cfg.base.data_dir = Some(root().join("assets/sentiment"));
+        let cells = cfg.cells().unwrap();
+        assert_eq!(cells.len(), 21, "{file}");
+        for c in &cells {
+            let lr = if c.name.starts_with("full-") {
+                5e-5
+            } else {
+                1e-3
+            };
+            assert_eq!(c.config.train.lr, lr, "{file} {}", c.name);
+        }
+        assert_eq!(cells.last().unwrap().name, "full-seed44");
+    }
+}
