@@ -155,7 +155,7 @@ enum Command {
     ImportPeft(import::ImportArgs),
     /// Print the storage report of a variant on a model shape (method page §6).
     Storage {
-        /// pro_adapter, pro_lora, pro_prefix, adapter, lora or prefix.
+        /// pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix or full (full fine-tuning).
         #[arg(long, default_value = "pro_adapter")]
         variant: Variant,
         /// A Hugging Face model folder or Hub id (its config.json: BERT family or T5).
@@ -283,7 +283,7 @@ struct TrainArgs {
     /// Task: cola … rte, glue (multi-task; T5 models), rotten-tomatoes, vader-movies, custom.
     #[arg(long)]
     task: Option<Task>,
-    /// Variant: pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix.
+    /// Variant: pro_adapter, pro_lora, pro_prefix, adapter, lora, prefix, or full (full fine-tuning: every backbone weight trains; use a full-model lr such as 5e-5).
     #[arg(long)]
     variant: Option<Variant>,
     /// Device: cpu, cuda, cuda:N, metal (GPUs need a build with that cargo feature).
