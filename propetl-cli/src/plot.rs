@@ -6,6 +6,8 @@
 //! [`draw_metric_vs_storage`] (or the [`StoragePlot`] figure) draws a metric against storage
 //! (float32-equivalents, log scale) from `(method, storage, values)` points: one line per
 //! method, reference points (unshared baselines, full fine-tuning) as distinct markers.
+//! [`SettingPlot`] draws a metric against one swept setting (a keep sweep), the reference runs
+//! as dashed horizontal lines.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -820,18 +822,7 @@ where
             ))?;
         }
         for &(x, y, s, _) in &pts {
-            if s > 0.0 {
-                let style = c.stroke_width(2);
-                chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(x, y - s), (x, y + s)],
-                    style,
-                )))?;
-                for yy in [y - s, y + s] {
-                    chart.draw_series(std::iter::once(
-                        EmptyElement::at((x, yy)) + PathElement::new(vec![(-5, 0), (5, 0)], style),
-                    ))?;
-                }
-            }
+            draw_error_bar(&mut chart, (x, y, s), *c)?;
         }
         let r = if *reference { 7 } else { 5 };
         for &(x, y, _, _) in &pts {
@@ -869,6 +860,215 @@ where
     }
     draw_legend(&legend_area, 50, &entries, &notes)?;
     Ok(())
+}
+
+/// One point of a metric-vs-setting plot: a method's values (one per seed) at a value of the
+/// swept setting (`keep = 0.1`).
+#[derive(Debug, Clone)]
+pub struct SettingPoint {
+    /// The method (one line per method).
+    pub method: String,
+    /// The setting's value.
+    pub x: f64,
+    /// The metric of each seed (non-finite values are ignored).
+    pub values: Vec<f64>,
+}
+
+/// A metric against one swept setting (linear x axis): one line per method with ± std error
+/// bars, and the reference runs (unshared baselines, full fine-tuning), which have no such
+/// setting, as dashed horizontal lines at their mean. Drawn for a keep sweep, where every
+/// keep of a method has the same storage (a mask costs 1 bit per entry whatever it keeps), so
+/// the metric-vs-storage figure collapses each method to a vertical line.
+#[derive(Debug, Clone)]
+pub struct SettingPlot<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// The x-axis description (`keep ratio`).
+    pub x_desc: &'a str,
+    /// The y-axis description.
+    pub y_desc: &'a str,
+    /// The swept methods' points.
+    pub points: &'a [SettingPoint],
+    /// Reference runs: (method, values).
+    pub references: &'a [(String, Vec<f64>)],
+    /// Size in pixels.
+    pub size: (u32, u32),
+}
+
+/// A vertical ± `s` error bar with caps at `(x, y)`.
+fn draw_error_bar<DB: DrawingBackend, CT>(
+    chart: &mut ChartContext<'_, DB, CT>,
+    (x, y, s): (f64, f64, f64),
+    c: RGBColor,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    if s <= 0.0 {
+        return Ok(());
+    }
+    let style = c.stroke_width(2);
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(x, y - s), (x, y + s)],
+        style,
+    )))?;
+    for yy in [y - s, y + s] {
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((x, yy)) + PathElement::new(vec![(-5, 0), (5, 0)], style),
+        ))?;
+    }
+    Ok(())
+}
+
+impl Figure for SettingPlot<'_> {
+    fn size(&self) -> (u32, u32) {
+        self.size
+    }
+
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        // the same colours and markers as the storage figure of the same methods
+        let as_storage: Vec<StoragePoint> = self
+            .points
+            .iter()
+            .map(|p| (p.method.clone(), false))
+            .chain(self.references.iter().map(|(m, _)| (m.clone(), true)))
+            .map(|(method, reference)| StoragePoint {
+                method,
+                storage: 1.0,
+                values: Vec::new(),
+                reference,
+                note: None,
+            })
+            .collect();
+        let methods = methods(&as_storage);
+        let stats: Vec<Option<(f64, f64, usize)>> =
+            self.points.iter().map(|p| mean_std(&p.values)).collect();
+        let ref_stats: Vec<Option<(f64, f64, usize)>> =
+            self.references.iter().map(|(_, v)| mean_std(v)).collect();
+        let entries: Vec<LegendEntry> = methods
+            .iter()
+            .map(|(m, reference, c, marker)| {
+                let ns: Vec<usize> = if *reference {
+                    self.references
+                        .iter()
+                        .zip(&ref_stats)
+                        .filter(|((r, _), _)| r == m)
+                        .filter_map(|(_, s)| s.map(|s| s.2))
+                        .collect()
+                } else {
+                    self.points
+                        .iter()
+                        .zip(&stats)
+                        .filter(|(p, _)| p.method == *m)
+                        .filter_map(|(_, s)| s.map(|s| s.2))
+                        .collect()
+                };
+                LegendEntry {
+                    label: match n_note(&ns) {
+                        Some(n) => format!("{m}, {n}"),
+                        None => m.clone(),
+                    },
+                    color: *c,
+                    marker: (!reference).then_some(*marker),
+                    line: true,
+                }
+            })
+            .collect();
+        let mut notes = Vec::new();
+        if stats.iter().chain(&ref_stats).flatten().any(|s| s.2 > 1) {
+            notes.push("mean ± std over seeds".to_string());
+        }
+        if !self.references.is_empty() {
+            notes.push("dashed: reference runs".to_string());
+            notes.push("(no such setting)".to_string());
+        }
+        let (w, _) = area.dim_in_pixel();
+        let lw = legend_width(area, &entries, &notes).min(w / 2);
+        let (plot_area, legend_area) = area.split_horizontally(w - lw);
+        let xs: Vec<f64> = self
+            .points
+            .iter()
+            .zip(&stats)
+            .filter(|(p, s)| s.is_some() && p.x.is_finite())
+            .map(|(p, _)| p.x)
+            .collect();
+        let (xlo, xhi) = xs
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                (a.min(*x), b.max(*x))
+            });
+        let x_axis = if xs.is_empty() {
+            Axis::linear(0.0, 1.0)
+        } else {
+            Axis::linear_around(xlo, xhi)
+        };
+        let (ylo, yhi) = stats
+            .iter()
+            .chain(&ref_stats)
+            .flatten()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (m, s, _)| {
+                (a.min(m - s), b.max(m + s))
+            });
+        let y_axis = Axis::linear_around(ylo, yhi);
+        let (x0, x1) = (x_axis.lo, x_axis.hi);
+        let mut chart = ChartBuilder::on(&plot_area)
+            .caption(self.title, (FAMILY, 20))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(65)
+            .build_cartesian_2d(x_axis, y_axis)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 15))
+            .draw()?;
+        for (m, reference, c, marker) in &methods {
+            if *reference {
+                for ((r, _), s) in self.references.iter().zip(&ref_stats) {
+                    if r != m {
+                        continue;
+                    }
+                    if let Some((mean, _, _)) = s {
+                        chart.draw_series(DashedLineSeries::new(
+                            [(x0, *mean), (x1, *mean)],
+                            8,
+                            5,
+                            c.stroke_width(2),
+                        ))?;
+                    }
+                }
+                continue;
+            }
+            let mut pts: Vec<(f64, f64, f64)> = self
+                .points
+                .iter()
+                .zip(&stats)
+                .filter(|(p, _)| p.method == *m && p.x.is_finite())
+                .filter_map(|(p, s)| s.map(|(mean, std, _)| (p.x, mean, std)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if pts.len() > 1 {
+                chart.draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, p.1)),
+                    c.stroke_width(2),
+                ))?;
+            }
+            for &p in &pts {
+                draw_error_bar(&mut chart, p, *c)?;
+            }
+            for &(x, y, _) in &pts {
+                chart.draw_series(std::iter::once(marker_element!(marker, (x, y), 5, *c)))?;
+            }
+        }
+        draw_legend(&legend_area, 50, &entries, &notes)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

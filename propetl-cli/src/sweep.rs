@@ -1,6 +1,7 @@
 //! `propetl sweep --config sweep.toml`: a grid of runs over variants, seeds and overrides
 //! (`propetl::sweep`), a progress bar over its cells, the summary table and the
-//! metric-vs-storage plot (`plot.png` + `plot.svg` in the sweep folder).
+//! metric-vs-storage plot (`plot.png` + `plot.svg` in the sweep folder), and a
+//! metric-vs-setting plot per swept numeric setting (`plot-keep.png` + `.svg`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use propetl::sweep::{self, Cell, CellAction, Summary, SweepConfig, SweepObserver
 use propetl::train::{EpochLog, TrainObserver};
 use propetl_runtime::TaskModel;
 
-use crate::plot::{self, StoragePlot, StoragePoint};
+use crate::plot::{self, SettingPlot, SettingPoint, StoragePlot, StoragePoint};
 use crate::progress::Progress;
 
 /// Arguments of `propetl sweep`.
@@ -295,6 +296,81 @@ pub fn draw(summary: &Summary, out: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(png))
 }
 
+/// The metric-vs-setting figures of a summary: one per override key that takes at least two
+/// numeric values within one swept (masked) variant — `keep` in a keep sweep, where storage does
+/// not change with the setting — as (key, points, reference runs). Unshared baselines and full
+/// fine-tuning are the reference runs (they have no such setting).
+pub fn setting_figures(
+    summary: &Summary,
+) -> Vec<(String, Vec<SettingPoint>, Vec<(String, Vec<f64>)>)> {
+    let mut keys: Vec<&String> = Vec::new();
+    for g in summary.groups.iter().filter(|g| g.variant.is_pro()) {
+        for k in g.overrides.keys() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let references: Vec<(String, Vec<f64>)> = summary
+        .groups
+        .iter()
+        .filter(|g| !g.variant.is_pro() && g.n > 0)
+        .map(|g| (g.variant.name().to_string(), g.selection_values.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for key in keys {
+        let points: Vec<SettingPoint> = summary
+            .groups
+            .iter()
+            .filter(|g| g.variant.is_pro() && g.n > 0)
+            .filter_map(|g| {
+                Some(SettingPoint {
+                    method: g.variant.name().to_string(),
+                    x: sweep::value_text(g.overrides.get(key)?).parse().ok()?,
+                    values: g.selection_values.clone(),
+                })
+            })
+            .collect();
+        let varies = points
+            .iter()
+            .any(|p| points.iter().any(|q| q.method == p.method && q.x != p.x));
+        if varies {
+            out.push((key.clone(), points, references.clone()));
+        }
+    }
+    out
+}
+
+/// Draw `plot-<key>.png` / `.svg` for every [`setting_figures`] figure; returns the PNGs.
+pub fn draw_settings(summary: &Summary, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (key, points, references) in setting_figures(summary) {
+        let title = format!(
+            "{}: test {} vs {key}",
+            summary.task, summary.selection_metric
+        );
+        let x_desc = if key == "keep" {
+            "keep ratio (storage does not change with it)".to_string()
+        } else {
+            key.clone()
+        };
+        let y_desc = format!("test {}", summary.selection_metric);
+        let (png, _svg) = plot::save(
+            &SettingPlot {
+                title: &title,
+                x_desc: &x_desc,
+                y_desc: &y_desc,
+                points: &points,
+                references: &references,
+                size: (1100, 700),
+            },
+            &out.join(format!("plot-{key}.png")),
+        )?;
+        written.push(png);
+    }
+    Ok(written)
+}
+
 /// `propetl sweep`.
 pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config)
@@ -314,17 +390,22 @@ pub fn run(args: &SweepArgs) -> Result<ExitCode> {
     };
     print!("{}", table(&outcome.summary));
     let plot = draw(&outcome.summary, &out).context("drawing the sweep's plot")?;
-    println!(
-        "sweep folder: {} ({}, {}{})",
-        out.display(),
-        sweep::SUMMARY_CSV,
-        sweep::SUMMARY_JSON,
-        if plot.is_some() {
-            ", plot.png, plot.svg"
-        } else {
-            ""
+    let settings =
+        draw_settings(&outcome.summary, &out).context("drawing the sweep's setting plots")?;
+    let mut files = vec![
+        sweep::SUMMARY_CSV.to_string(),
+        sweep::SUMMARY_JSON.to_string(),
+    ];
+    if plot.is_some() {
+        files.push("plot.png, plot.svg".into());
+    }
+    for png in &settings {
+        let name = png.file_name().map(|n| n.to_string_lossy().to_string());
+        if let Some(name) = name {
+            files.push(format!("{name}, {}", name.replace(".png", ".svg")));
         }
-    );
+    }
+    println!("sweep folder: {} ({})", out.display(), files.join(", "));
     if outcome.failed.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {

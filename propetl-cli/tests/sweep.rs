@@ -193,12 +193,20 @@ fn a_sweep_runs_every_cell_and_summarizes_over_seeds() {
         std::fs::read_to_string(out.join("sweep.toml")).unwrap(),
         sweep_toml(2)
     );
-    for f in ["plot.png", "plot.svg"] {
+    // the storage figure, and the keep figure (storage does not change with keep)
+    for f in ["plot.png", "plot.svg", "plot-keep.png", "plot-keep.svg"] {
         assert!(out.join(f).exists(), "{f}");
     }
-    assert_eq!(
-        &std::fs::read(out.join("plot.png")).unwrap()[..8],
-        b"\x89PNG\r\n\x1a\n"
+    for f in ["plot.png", "plot-keep.png"] {
+        assert_eq!(
+            &std::fs::read(out.join(f)).unwrap()[..8],
+            b"\x89PNG\r\n\x1a\n"
+        );
+    }
+    let svg = std::fs::read_to_string(out.join("plot-keep.svg")).unwrap();
+    assert!(
+        svg.contains("vs keep") && svg.contains("adapter"),
+        "keep figure"
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
