@@ -296,13 +296,21 @@ pub fn draw(summary: &Summary, out: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(png))
 }
 
+/// The data of one metric-vs-setting figure.
+pub struct SettingFigure {
+    /// The swept setting (`keep`).
+    pub key: String,
+    /// The swept variants' points.
+    pub points: Vec<SettingPoint>,
+    /// Reference runs (unshared baselines, full fine-tuning): (variant, values per seed).
+    pub references: Vec<(String, Vec<f64>)>,
+}
+
 /// The metric-vs-setting figures of a summary: one per override key that takes at least two
 /// numeric values within one swept (masked) variant — `keep` in a keep sweep, where storage does
-/// not change with the setting — as (key, points, reference runs). Unshared baselines and full
-/// fine-tuning are the reference runs (they have no such setting).
-pub fn setting_figures(
-    summary: &Summary,
-) -> Vec<(String, Vec<SettingPoint>, Vec<(String, Vec<f64>)>)> {
+/// not change with the setting. Unshared baselines and full fine-tuning are the reference runs
+/// (they have no such setting).
+pub fn setting_figures(summary: &Summary) -> Vec<SettingFigure> {
     let mut keys: Vec<&String> = Vec::new();
     for g in summary.groups.iter().filter(|g| g.variant.is_pro()) {
         for k in g.overrides.keys() {
@@ -335,7 +343,11 @@ pub fn setting_figures(
             .iter()
             .any(|p| points.iter().any(|q| q.method == p.method && q.x != p.x));
         if varies {
-            out.push((key.clone(), points, references.clone()));
+            out.push(SettingFigure {
+                key: key.clone(),
+                points,
+                references: references.clone(),
+            });
         }
     }
     out
@@ -344,7 +356,12 @@ pub fn setting_figures(
 /// Draw `plot-<key>.png` / `.svg` for every [`setting_figures`] figure; returns the PNGs.
 pub fn draw_settings(summary: &Summary, out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for (key, points, references) in setting_figures(summary) {
+    for SettingFigure {
+        key,
+        points,
+        references,
+    } in setting_figures(summary)
+    {
         let title = format!(
             "{}: test {} vs {key}",
             summary.task, summary.selection_metric
