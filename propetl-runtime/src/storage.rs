@@ -33,6 +33,15 @@ pub struct StorageReport {
     pub head_params: usize,
 }
 
+/// `floats` as % of `backbone_params` (0 for an empty backbone).
+fn percent_of(floats: f64, backbone_params: usize) -> f64 {
+    if backbone_params > 0 {
+        100.0 * floats / backbone_params as f64
+    } else {
+        0.0
+    }
+}
+
 impl StorageReport {
     /// Compute the report of a plan. Every count is computed with checked arithmetic: sizes
     /// that do not fit in a `usize` are a [`PetlError::Config`](crate::PetlError::Config)
@@ -55,11 +64,7 @@ impl StorageReport {
             float32_equivalents: f32eq,
             payload_bytes,
             backbone_params,
-            percent_of_backbone: if backbone_params > 0 {
-                100.0 * f32eq / backbone_params as f64
-            } else {
-                0.0
-            },
+            percent_of_backbone: percent_of(f32eq, backbone_params),
             baseline_floats,
             ratio_to_baseline: f32eq / baseline_floats as f64,
             head_params,
@@ -89,11 +94,7 @@ impl StorageReport {
             float32_equivalents: f32eq,
             payload_bytes,
             backbone_params,
-            percent_of_backbone: if backbone_params > 0 {
-                100.0 * f32eq / backbone_params as f64
-            } else {
-                0.0
-            },
+            percent_of_backbone: percent_of(f32eq, backbone_params),
             baseline_floats: trained_floats,
             ratio_to_baseline: 1.0,
             head_params,
