@@ -16,6 +16,33 @@ use rayon::prelude::*;
 /// Rows processed per parallel task (keeps scheduling overhead small on short rows).
 const MIN_ROWS: usize = 16;
 
+/// `f(out_row, row)` over the rows of `n` elements of `x`, in parallel: the row loop of the
+/// fused row-wise kernels.
+fn map_rows(x: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .with_min_len(MIN_ROWS)
+        .for_each(|(o, r)| f(o, r));
+    out
+}
+
+/// `f(out_row, a_row, b_row)` over paired rows of `n` elements, in parallel (backward passes:
+/// a saved tensor and the incoming gradient).
+fn map_row_pairs(
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(n)
+        .zip(a.par_chunks(n).zip(b.par_chunks(n)))
+        .with_min_len(MIN_ROWS)
+        .for_each(|(o, (ra, rb))| f(o, ra, rb));
+    out
+}
+
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("fused op: expected f32")
@@ -127,20 +154,16 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let n = *l.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .with_min_len(MIN_ROWS)
-            .for_each(|(o, r)| {
-                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f64;
-                for i in 0..n {
-                    o[i] = (r[i] - max).exp();
-                    sum += o[i] as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                o.iter_mut().for_each(|v| *v *= inv);
-            });
+        let out = map_rows(x, n, |o, r| {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f64;
+            for i in 0..n {
+                o[i] = (r[i] - max).exp();
+                sum += o[i] as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            o.iter_mut().for_each(|v| *v *= inv);
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -154,17 +177,12 @@ fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32) -> Result<Tensor> {
     let n = *res.dims().last().unwrap_or(&1);
     let dx = with_f32(res, |y| {
         with_f32(grad, |g| {
-            let mut dx = vec![0f32; y.len()];
-            dx.par_chunks_mut(n)
-                .zip(y.par_chunks(n).zip(g.par_chunks(n)))
-                .with_min_len(MIN_ROWS)
-                .for_each(|(d, (yr, gr))| {
-                    let dot = yr.iter().zip(gr).map(|(a, b)| (a * b) as f64).sum::<f64>() as f32;
-                    for i in 0..n {
-                        d[i] = scale * yr[i] * (gr[i] - dot);
-                    }
-                });
-            Ok(dx)
+            Ok(map_row_pairs(y, g, n, |d, yr, gr| {
+                let dot = yr.iter().zip(gr).map(|(a, b)| (a * b) as f64).sum::<f64>() as f32;
+                for i in 0..n {
+                    d[i] = scale * yr[i] * (gr[i] - dot);
+                }
+            }))
         })
     })?;
     Tensor::from_vec(dx, res.shape(), res.device())
@@ -293,16 +311,12 @@ impl CustomOp1 for FrozenLayerNorm {
             )
         }
         let (w, b, eps) = (&self.weight, &self.bias, self.eps);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .with_min_len(MIN_ROWS)
-            .for_each(|(o, r)| {
-                let (mean, rstd) = row_stats(r, eps);
-                for i in 0..n {
-                    o[i] = (r[i] - mean) * rstd * w[i] + b[i];
-                }
-            });
+        let out = map_rows(x, n, |o, r| {
+            let (mean, rstd) = row_stats(r, eps);
+            for i in 0..n {
+                o[i] = (r[i] - mean) * rstd * w[i] + b[i];
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -311,25 +325,20 @@ impl CustomOp1 for FrozenLayerNorm {
         let (w, eps) = (&self.weight, self.eps);
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(n)
-                    .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-                    .with_min_len(MIN_ROWS)
-                    .for_each(|(d, (r, gr))| {
-                        let (mean, rstd) = row_stats(r, eps);
-                        let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                        for i in 0..n {
-                            let gw = (gr[i] * w[i]) as f64;
-                            sum_g += gw;
-                            sum_gx += gw * ((r[i] - mean) * rstd) as f64;
-                        }
-                        let (mg, mgx) = ((sum_g / n as f64) as f32, (sum_gx / n as f64) as f32);
-                        for i in 0..n {
-                            let xhat = (r[i] - mean) * rstd;
-                            d[i] = rstd * (gr[i] * w[i] - mg - xhat * mgx);
-                        }
-                    });
-                Ok(dx)
+                Ok(map_row_pairs(x, g, n, |d, r, gr| {
+                    let (mean, rstd) = row_stats(r, eps);
+                    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                    for i in 0..n {
+                        let gw = (gr[i] * w[i]) as f64;
+                        sum_g += gw;
+                        sum_gx += gw * ((r[i] - mean) * rstd) as f64;
+                    }
+                    let (mg, mgx) = ((sum_g / n as f64) as f32, (sum_gx / n as f64) as f32);
+                    for i in 0..n {
+                        let xhat = (r[i] - mean) * rstd;
+                        d[i] = rstd * (gr[i] * w[i] - mg - xhat * mgx);
+                    }
+                }))
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
@@ -375,16 +384,12 @@ impl CustomOp1 for FrozenRmsNorm {
             )
         }
         let (w, eps) = (&self.weight, self.eps);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .with_min_len(MIN_ROWS)
-            .for_each(|(o, r)| {
-                let inv = row_rms_inverse(r, eps);
-                for i in 0..n {
-                    o[i] = w[i] * (r[i] * inv);
-                }
-            });
+        let out = map_rows(x, n, |o, r| {
+            let inv = row_rms_inverse(r, eps);
+            for i in 0..n {
+                o[i] = w[i] * (r[i] * inv);
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -393,20 +398,14 @@ impl CustomOp1 for FrozenRmsNorm {
         let (w, eps) = (&self.weight, self.eps);
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(n)
-                    .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-                    .with_min_len(MIN_ROWS)
-                    .for_each(|(d, (r, gr))| {
-                        let inv = row_rms_inverse(r, eps);
-                        let sum_gwx: f64 =
-                            (0..n).map(|i| (gr[i] * w[i]) as f64 * r[i] as f64).sum();
-                        let c = (sum_gwx / n as f64) as f32 * inv * inv * inv;
-                        for i in 0..n {
-                            d[i] = inv * gr[i] * w[i] - r[i] * c;
-                        }
-                    });
-                Ok(dx)
+                Ok(map_row_pairs(x, g, n, |d, r, gr| {
+                    let inv = row_rms_inverse(r, eps);
+                    let sum_gwx: f64 = (0..n).map(|i| (gr[i] * w[i]) as f64 * r[i] as f64).sum();
+                    let c = (sum_gwx / n as f64) as f32 * inv * inv * inv;
+                    for i in 0..n {
+                        d[i] = inv * gr[i] * w[i] - r[i] * c;
+                    }
+                }))
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
