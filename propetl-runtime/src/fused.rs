@@ -9,12 +9,55 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use multiversion::multiversion;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// Rows processed per parallel task (keeps scheduling overhead small on short rows).
 const MIN_ROWS: usize = 16;
+
+// The row and block bodies below are `#[multiversion(targets = "simd")]` functions: compiled
+// once per SIMD level (AVX-512, AVX2 + FMA, …) and picked at run time, so their loops
+// vectorize with the CPU's widest registers instead of the portable x86-64 baseline (SSE2).
+// The instructions change, the arithmetic does not: no fused multiply-adds are formed and every
+// sum has a fixed order, so all versions give the same bits.
+
+/// Independent partial sums of a row reduction: f64 sums in a fixed order of [`LANES`]
+/// interleaved accumulators vectorize (one running sum cannot, every add waits for the last).
+const LANES: usize = 8;
+
+/// `Σ term(a[i], b[i], c[i])` in f64 over [`LANES`] interleaved partial sums, in a fixed
+/// order (the result depends only on the row, not on the CPU or on other rows); the slices are
+/// of one length.
+#[inline(always)]
+fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], term: impl Fn(f32, f32, f32) -> f64) -> f64 {
+    let (blocks_a, tail_a) = a.as_chunks::<LANES>();
+    let (blocks_b, tail_b) = b.as_chunks::<LANES>();
+    let (blocks_c, tail_c) = c.as_chunks::<LANES>();
+    let mut acc = [0f64; LANES];
+    for ((block_a, block_b), block_c) in blocks_a.iter().zip(blocks_b).zip(blocks_c) {
+        for j in 0..LANES {
+            acc[j] += term(block_a[j], block_b[j], block_c[j]);
+        }
+    }
+    let tail: f64 = (tail_a.iter().zip(tail_b).zip(tail_c))
+        .map(|((&x, &y), &z)| term(x, y, z))
+        .sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `Σ term(a[i])`, as [`lane_sum3`].
+#[inline(always)]
+fn lane_sum(a: &[f32], term: impl Fn(f32) -> f64) -> f64 {
+    lane_sum3(a, a, a, |x, _, _| term(x))
+}
+
+/// `Σ term(a[i], b[i])`, as [`lane_sum3`].
+#[inline(always)]
+fn lane_sum2(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f64) -> f64 {
+    lane_sum3(a, b, b, |x, y, _| term(x, y))
+}
 
 /// `f(out_row, row)` over the rows of `n` elements of `x`, in parallel: the row loop of the
 /// fused row-wise kernels.
@@ -154,21 +197,38 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let n = *l.dims().last().unwrap_or(&1);
-        let out = map_rows(x, n, |o, r| {
-            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f64;
-            for i in 0..n {
-                o[i] = (r[i] - max).exp();
-                sum += o[i] as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            o.iter_mut().for_each(|v| *v *= inv);
-        });
+        let out = map_rows(x, n, softmax_row);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         softmax_backward(res, grad, 1.0).map(Some)
+    }
+}
+
+/// `o = softmax(r)` (max-subtracted; libm's `expf`, see below).
+#[multiversion(targets = "simd")]
+fn softmax_row(o: &mut [f32], r: &[f32]) {
+    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (o, &v) in o.iter_mut().zip(r) {
+        *o = (v - max).exp();
+    }
+    normalize_row(o);
+}
+
+/// Divide a row of non-negative values by its (f64) sum.
+#[inline(always)]
+fn normalize_row(o: &mut [f32]) {
+    let inv = (1.0 / lane_sum(o, |v| v as f64)) as f32;
+    o.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `d = scale · y ⊙ (g − ⟨y, g⟩)`: one row of the softmax input gradient.
+#[multiversion(targets = "simd")]
+fn softmax_backward_row(d: &mut [f32], y: &[f32], g: &[f32], scale: f32) {
+    let dot = lane_sum2(y, g, |a, b| (a * b) as f64) as f32;
+    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+        *d = scale * y * (g - dot);
     }
 }
 
@@ -178,10 +238,7 @@ fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32) -> Result<Tensor> {
     let dx = with_f32(res, |y| {
         with_f32(grad, |g| {
             Ok(map_row_pairs(y, g, n, |d, yr, gr| {
-                let dot = yr.iter().zip(gr).map(|(a, b)| (a * b) as f64).sum::<f64>() as f32;
-                for i in 0..n {
-                    d[i] = scale * yr[i] * (gr[i] - dot);
-                }
+                softmax_backward_row(d, yr, gr, scale)
             }))
         })
     })?;
@@ -221,6 +278,17 @@ impl AttentionSoftmax {
     }
 }
 
+/// `o = softmax(scale · r + c)`.
+#[multiversion(targets = "simd")]
+fn attention_softmax_row(o: &mut [f32], r: &[f32], c: &[f32], scale: f32) {
+    for ((o, &v), &c) in o.iter_mut().zip(r).zip(c) {
+        *o = v * scale + c;
+    }
+    let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    o.iter_mut().for_each(|v| *v = (*v - max).exp());
+    normalize_row(o);
+}
+
 impl CustomOp1 for AttentionSoftmax {
     fn name(&self) -> &'static str {
         "attention-softmax"
@@ -240,19 +308,7 @@ impl CustomOp1 for AttentionSoftmax {
             .for_each(|(row, (o, r))| {
                 let (bi, hi, si) = (row / (h * q), (row / q) % h, row % q);
                 let off = (((bi % bb) * bh + hi % bh) * bs + si % bs) * k;
-                let c = &bias[off..off + k];
-                let mut max = f32::NEG_INFINITY;
-                for i in 0..k {
-                    o[i] = r[i] * scale + c[i];
-                    max = max.max(o[i]);
-                }
-                let mut sum = 0f64;
-                for v in o.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                o.iter_mut().for_each(|v| *v *= inv);
+                attention_softmax_row(o, r, &bias[off..off + k], scale);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -282,18 +338,41 @@ impl FrozenLayerNorm {
 }
 
 /// Mean and `1 / sqrt(var + eps)` (biased variance) of one row.
+#[inline(always)]
 fn row_stats(r: &[f32], eps: f64) -> (f32, f32) {
     let n = r.len() as f64;
-    let mean = r.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = r
-        .iter()
-        .map(|&v| {
-            let d = v as f64 - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = lane_sum(r, |v| v as f64) / n;
+    let var = lane_sum(r, |v| {
+        let d = v as f64 - mean;
+        d * d
+    }) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// `o = (r − mean) · rstd · w + b`: one row of the LayerNorm forward pass.
+#[multiversion(targets = "simd")]
+fn layer_norm_row(o: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f64) {
+    let (mean, rstd) = row_stats(r, eps);
+    for (((o, &v), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
+        *o = (v - mean) * rstd * w + b;
+    }
+}
+
+/// One row of the LayerNorm input gradient (see [`FrozenLayerNorm`]).
+#[multiversion(targets = "simd")]
+fn layer_norm_backward_row(d: &mut [f32], r: &[f32], g: &[f32], w: &[f32], eps: f64) {
+    let n = r.len() as f64;
+    let (mean, rstd) = row_stats(r, eps);
+    // ĝ = g ⊙ w, x̂ = (x − mean) · rstd
+    let sum_g = lane_sum2(g, w, |g, w| (g * w) as f64);
+    let sum_gx = lane_sum3(g, w, r, |g, w, x| {
+        (g * w) as f64 * ((x - mean) * rstd) as f64
+    });
+    let (mg, mgx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
+    for (((d, &x), &g), &w) in d.iter_mut().zip(r).zip(g).zip(w) {
+        let xhat = (x - mean) * rstd;
+        *d = rstd * (g * w - mg - xhat * mgx);
+    }
 }
 
 impl CustomOp1 for FrozenLayerNorm {
@@ -311,12 +390,7 @@ impl CustomOp1 for FrozenLayerNorm {
             )
         }
         let (w, b, eps) = (&self.weight, &self.bias, self.eps);
-        let out = map_rows(x, n, |o, r| {
-            let (mean, rstd) = row_stats(r, eps);
-            for i in 0..n {
-                o[i] = (r[i] - mean) * rstd * w[i] + b[i];
-            }
-        });
+        let out = map_rows(x, n, |o, r| layer_norm_row(o, r, w, b, eps));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -326,18 +400,7 @@ impl CustomOp1 for FrozenLayerNorm {
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
                 Ok(map_row_pairs(x, g, n, |d, r, gr| {
-                    let (mean, rstd) = row_stats(r, eps);
-                    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                    for i in 0..n {
-                        let gw = (gr[i] * w[i]) as f64;
-                        sum_g += gw;
-                        sum_gx += gw * ((r[i] - mean) * rstd) as f64;
-                    }
-                    let (mg, mgx) = ((sum_g / n as f64) as f32, (sum_gx / n as f64) as f32);
-                    for i in 0..n {
-                        let xhat = (r[i] - mean) * rstd;
-                        d[i] = rstd * (gr[i] * w[i] - mg - xhat * mgx);
-                    }
+                    layer_norm_backward_row(d, r, gr, w, eps)
                 }))
             })
         })?;
@@ -364,9 +427,30 @@ impl FrozenRmsNorm {
 }
 
 /// `1 / sqrt(mean(x²) + eps)` of one row.
+#[inline(always)]
 fn row_rms_inverse(r: &[f32], eps: f64) -> f32 {
-    let ms = r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / r.len() as f64;
+    let ms = lane_sum(r, |v| (v as f64) * (v as f64)) / r.len() as f64;
     (1.0 / (ms + eps).sqrt()) as f32
+}
+
+/// `o = w ⊙ r / rms(r)`: one row of the RMS-norm forward pass.
+#[multiversion(targets = "simd")]
+fn rms_norm_row(o: &mut [f32], r: &[f32], w: &[f32], eps: f64) {
+    let inv = row_rms_inverse(r, eps);
+    for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
+        *o = w * (v * inv);
+    }
+}
+
+/// One row of the RMS-norm input gradient (see [`FrozenRmsNorm`]).
+#[multiversion(targets = "simd")]
+fn rms_norm_backward_row(d: &mut [f32], r: &[f32], g: &[f32], w: &[f32], eps: f64) {
+    let inv = row_rms_inverse(r, eps);
+    let sum_gwx = lane_sum3(g, w, r, |g, w, x| (g * w) as f64 * x as f64);
+    let c = (sum_gwx / r.len() as f64) as f32 * inv * inv * inv;
+    for (((d, &x), &g), &w) in d.iter_mut().zip(r).zip(g).zip(w) {
+        *d = inv * g * w - x * c;
+    }
 }
 
 impl CustomOp1 for FrozenRmsNorm {
@@ -384,12 +468,7 @@ impl CustomOp1 for FrozenRmsNorm {
             )
         }
         let (w, eps) = (&self.weight, self.eps);
-        let out = map_rows(x, n, |o, r| {
-            let inv = row_rms_inverse(r, eps);
-            for i in 0..n {
-                o[i] = w[i] * (r[i] * inv);
-            }
-        });
+        let out = map_rows(x, n, |o, r| rms_norm_row(o, r, w, eps));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -399,12 +478,7 @@ impl CustomOp1 for FrozenRmsNorm {
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
                 Ok(map_row_pairs(x, g, n, |d, r, gr| {
-                    let inv = row_rms_inverse(r, eps);
-                    let sum_gwx: f64 = (0..n).map(|i| (gr[i] * w[i]) as f64 * r[i] as f64).sum();
-                    let c = (sum_gwx / n as f64) as f32 * inv * inv * inv;
-                    for i in 0..n {
-                        d[i] = inv * gr[i] * w[i] - r[i] * c;
-                    }
+                    rms_norm_backward_row(d, r, gr, w, eps)
                 }))
             })
         })?;
@@ -455,12 +529,16 @@ impl Dropout {
         let scale = self.scale;
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(self.kept.par_chunks(CHUNK)))
-            .for_each(|(o, (r, k))| {
-                for i in 0..o.len() {
-                    o[i] = if k[i] { r[i] * scale } else { 0.0 };
-                }
-            });
+            .for_each(|(o, (r, k))| dropout_block(o, r, k, scale));
         out
+    }
+}
+
+/// `o = r · scale` where kept, 0 elsewhere.
+#[multiversion(targets = "simd")]
+fn dropout_block(o: &mut [f32], r: &[f32], kept: &[bool], scale: f32) {
+    for ((o, &v), &k) in o.iter_mut().zip(r).zip(kept) {
+        *o = if k { v * scale } else { 0.0 };
     }
 }
 
@@ -526,6 +604,24 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
+/// `o = x · Φ(x)`.
+#[multiversion(targets = "simd")]
+fn gelu_block(o: &mut [f32], x: &[f32]) {
+    for (o, &v) in o.iter_mut().zip(x) {
+        *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// `d = g · (Φ(x) + x · φ(x))`, the GELU input gradient.
+#[multiversion(targets = "simd")]
+fn gelu_backward_block(d: &mut [f32], x: &[f32], g: &[f32]) {
+    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        *d = g * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi);
+    }
+}
+
 /// Exact GELU `x·Φ(x)` (Φ through [`erf`]).
 pub(crate) struct GeluErf;
 
@@ -541,28 +637,17 @@ impl CustomOp1 for GeluErf {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, r)| {
-                for (o, &v) in o.iter_mut().zip(r) {
-                    *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(o, r)| gelu_block(o, r));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
                 let mut dx = vec![0f32; x.len()];
                 dx.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(d, (r, gr))| {
-                        for i in 0..d.len() {
-                            let v = r[i];
-                            let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                            d[i] = gr[i] * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi);
-                        }
-                    });
+                    .for_each(|(d, (r, gr))| gelu_backward_block(d, r, gr));
                 Ok(dx)
             })
         })?;
