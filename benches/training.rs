@@ -268,6 +268,11 @@ fn side(args: &[String]) {
 
 fn main() {
     propetl::runtime::alloc::tune_for_training();
+    // on the compute pool, as the CLI runs its commands (propetl_runtime::parallel)
+    propetl::runtime::parallel::on_compute_pool(benches);
+}
+
+fn benches() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "side") {
         side(&args[i + 1..]);

@@ -409,7 +409,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // every command on the compute pool: its parallel kernels then run without a cross-thread
+    // hand-off per job (propetl_runtime::parallel)
+    match propetl_runtime::parallel::on_compute_pool(|| run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

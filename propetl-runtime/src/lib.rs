@@ -30,6 +30,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod overrides;
+pub mod parallel;
 pub mod plan;
 pub mod rng;
 pub mod spec;
