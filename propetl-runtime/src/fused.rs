@@ -181,6 +181,138 @@ pub(crate) fn gemm_rows(
     Ok(dst)
 }
 
+/// A raw output pointer shared by the parallel tasks of [`HeadMatmul`], each writing its own
+/// disjoint block.
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint ranges of one allocation that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `[B, H, M, K] · [B, H, K, N] → [B, H, M, N]`: the attention products (scores = Q·Kᵀ,
+/// context = P·V) as one op. Candle's batched matmul runs one multi-threaded gemm per (batch,
+/// head) — 96 thread hand-offs for a roberta-base layer's 128 × 128 × 64 products — and needs
+/// contiguous operands, so the per-head views of Q, K and V were copied first. Here each
+/// (batch, head) product is one single-threaded gemm, the products run in parallel, and the
+/// operands are read through their strides (per-head and transposed views need no copy).
+/// The backward pass is the same op on transposed views: `dA = G · Bᵀ`, `dB = Aᵀ · G`.
+pub(crate) struct HeadMatmul;
+
+/// (element offset, strides) of a rank-4 layout.
+fn strided4(l: &Layout) -> Result<(usize, [usize; 4])> {
+    let st = l.stride();
+    if st.len() != 4 {
+        candle_core::bail!(
+            "head-matmul: rank-4 operands expected, got rank {}",
+            st.len()
+        )
+    }
+    Ok((l.start_offset(), [st[0], st[1], st[2], st[3]]))
+}
+
+/// Whether the strided rank-4 view `(offset, strides)` of `dims` lies inside `len` elements.
+fn fits(len: usize, offset: usize, dims: &[usize], strides: &[usize; 4]) -> bool {
+    dims.contains(&0)
+        || offset
+            + dims
+                .iter()
+                .zip(strides)
+                .map(|(&d, &s)| (d - 1) * s)
+                .sum::<usize>()
+            < len
+}
+
+impl candle_core::CustomOp2 for HeadMatmul {
+    fn name(&self) -> &'static str {
+        "head-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("head-matmul: expected f32")
+        };
+        let (ba, ha, m, k) = l1.shape().dims4()?;
+        let (bb, hb, kb, n) = l2.shape().dims4()?;
+        if (ba, ha, k) != (bb, hb, kb) {
+            candle_core::bail!(
+                "head-matmul: shapes {:?} and {:?} do not multiply",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        let ((a_off, sa), (b_off, sb)) = (strided4(l1)?, strided4(l2)?);
+        if !fits(a.len(), a_off, l1.dims(), &sa) || !fits(b.len(), b_off, l2.dims(), &sb) {
+            candle_core::bail!("head-matmul: an operand does not fit its storage")
+        }
+        let (heads, block) = (ba * ha, m * n);
+        let mut out: Vec<f32> = Vec::with_capacity(heads * block);
+        if k == 0 {
+            out.resize(heads * block, 0.0);
+        } else if block > 0 {
+            let dst = OutPtr(out.as_mut_ptr());
+            (0..heads).into_par_iter().for_each(|i| {
+                let (bi, hi) = (i / ha, i % ha);
+                let dst = &dst;
+                // SAFETY: both operands were checked to lie inside their slices for every
+                // (batch, head) index; task `i` writes only the `block` elements at `i · block`
+                // of the output's capacity, all of which gemm overwrites (`read_dst` false);
+                // the length is set after every task has finished.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        dst.0.add(i * block),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr().add(a_off + bi * sa[0] + hi * sa[1]),
+                        sa[3] as isize,
+                        sa[2] as isize,
+                        b.as_ptr().add(b_off + bi * sb[0] + hi * sb[1]),
+                        sb[3] as isize,
+                        sb[2] as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        }
+        // SAFETY: every element was written above (or zero-filled when k == 0).
+        unsafe { out.set_len(heads * block) };
+        Ok((CpuStorage::F32(out), Shape::from((ba, ha, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = if a.track_op() {
+            Some(grad.apply_op2_no_bwd(&b.transpose(2, 3)?, &HeadMatmul)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(a.transpose(2, 3)?.apply_op2_no_bwd(grad, &HeadMatmul)?)
+        } else {
+            None
+        };
+        Ok((da, db))
+    }
+}
+
 /// Whether the fused kernels apply to `x`.
 pub(crate) fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32

@@ -71,6 +71,17 @@ pub fn attention_softmax(scores: &Tensor, scale: f64, bias: &Tensor) -> Result<T
     softmax_composed(&scaled.broadcast_add(&bias.detach())?)
 }
 
+/// Attention's per-head product `a [B, H, M, K] · b [B, H, K, N] → [B, H, M, N]`. The operands
+/// may be strided views (per-head splits, transposes, a broadcast batch) — no contiguous
+/// copies are needed. On the CPU in f32 the (batch, head) products run in parallel, one
+/// single-threaded gemm each; elsewhere Candle's matmul.
+pub fn head_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(a) && crate::fused::applies(b) && a.rank() == 4 && b.rank() == 4 {
+        return a.apply_op2(b, crate::fused::HeadMatmul);
+    }
+    a.contiguous()?.matmul(&b.contiguous()?)
+}
+
 /// T5's RMS LayerNorm (no mean subtraction, no bias).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let var = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -267,6 +278,48 @@ mod tests {
         assert!(gx1.sub(gx2)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         // no gradient is computed for the frozen weight and bias
         assert!(g1.get(&w).is_none() && g1.get(&b).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn head_matmul_matches_matmul_on_strided_views_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(4);
+        // attention's layout: [B, S, heads, d] projections viewed per head, K transposed
+        let (b, s, heads, d, p) = (2, 5, 3, 4, 2);
+        let q = Var::from_tensor(&rng.normal((b, s, heads, d), 1.0, &dev)?)?;
+        let k = Var::from_tensor(&rng.normal((b, s, heads, d), 1.0, &dev)?)?;
+        let v = Var::from_tensor(&rng.normal((b, s, heads, d), 1.0, &dev)?)?;
+        // a frozen prefix broadcast over the batch (stride 0), concatenated in front of K
+        let prefix = rng.normal((1, heads, p, d), 1.0, &dev)?;
+        let per_head = |t: &Var| t.as_tensor().transpose(1, 2);
+        let keys = Tensor::cat(&[prefix.broadcast_as((b, heads, p, d))?, per_head(&k)?], 2)?;
+        let target = rng.normal((b, heads, s, d), 1.0, &dev)?;
+        let ours = {
+            let scores = head_matmul(&per_head(&q)?, &keys.transpose(2, 3)?)?;
+            let values = Tensor::cat(&[prefix.broadcast_as((b, heads, p, d))?, per_head(&v)?], 2)?;
+            head_matmul(&scores, &values)?
+        };
+        let plain = {
+            let scores = per_head(&q)?
+                .contiguous()?
+                .matmul(&keys.transpose(2, 3)?.contiguous()?)?;
+            let values = Tensor::cat(&[prefix.broadcast_as((b, heads, p, d))?, per_head(&v)?], 2)?;
+            scores.matmul(&values.contiguous()?)?
+        };
+        assert_eq!(ours.dims(), &[b, heads, s, d]);
+        assert!(max_diff(&ours, &plain) < 1e-5);
+        let g1 = ours.mul(&target)?.sum_all()?.backward()?;
+        let g2 = plain.mul(&target)?.sum_all()?.backward()?;
+        for var in [&q, &k, &v] {
+            let (a, b) = (g1.get(var.as_tensor()), g2.get(var.as_tensor()));
+            let (a, b) = (a.expect("gradient"), b.expect("gradient"));
+            assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
+        }
+        // the frozen prefix gets no gradient
+        assert!(g1.get(&prefix).is_none());
+        // shapes that do not multiply are an error, not a panic
+        assert!(head_matmul(&per_head(&q)?, &per_head(&k)?).is_err());
         Ok(())
     }
 

@@ -178,7 +178,8 @@ impl RobertaLayer {
         let (b, s, h) = x.dims3()?;
         let nh = self.heads;
         let hd = h / nh;
-        let split = |t: Tensor| t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous();
+        // per-head views [B, nH, S, hd], read in place by ops::head_matmul
+        let split = |t: Tensor| t.reshape((b, s, nh, hd))?.transpose(1, 2);
         let q = split(self.proj(&self.query, x, petl, LoraTarget::Q)?)?;
         let mut k = split(self.proj(&self.key, x, petl, LoraTarget::K)?)?;
         let mut v = split(self.proj(&self.value, x, petl, LoraTarget::V)?)?;
@@ -193,10 +194,12 @@ impl RobertaLayer {
             k = Tensor::cat(&[heads(pk)?, k], 2)?;
             v = Tensor::cat(&[heads(pv)?, v], 2)?;
         }
-        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
+        let scores = ops::head_matmul(&q, &k.transpose(2, 3)?)?;
         let probs = ops::attention_softmax(&scores, 1.0 / (hd as f64).sqrt(), attention_bias)?;
         let probs = mode.dropout(&probs, self.attn_dropout)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let ctx = ops::head_matmul(&probs, &v)?
+            .transpose(1, 2)?
+            .reshape((b, s, h))?;
         let att = mode.dropout(
             &self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?,
             self.dropout,

@@ -36,12 +36,11 @@ impl Attention {
         })
     }
 
-    /// `[B, S, H·d_kv]` → `[B, H, S, d_kv]`.
+    /// `[B, S, H·d_kv]` → `[B, H, S, d_kv]` (a strided view: [`ops::head_matmul`] reads it
+    /// in place).
     fn split(&self, t: Tensor) -> candle_core::Result<Tensor> {
         let (b, s, _) = t.dims3()?;
-        t.reshape((b, s, self.heads, self.d_kv))?
-            .transpose(1, 2)?
-            .contiguous()
+        t.reshape((b, s, self.heads, self.d_kv))?.transpose(1, 2)
     }
 
     /// `lin(x)` plus the LoRA update of `target` where `lora` has one (self-attention q/v).
@@ -104,12 +103,13 @@ impl Attention {
         let (b, sq, _) = x.dims3()?;
         let q = self.split(Self::proj(&self.q, x, lora, LoraTarget::Q)?)?;
         // T5 does not scale scores by 1/sqrt(d_kv); the position bias + padding mask is frozen
-        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
-        let ctx = drop
-            .apply(&ops::attention_softmax(&scores, 1.0, bias)?)?
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((b, sq, self.heads * self.d_kv))?;
+        let scores = ops::head_matmul(&q, &k.transpose(2, 3)?)?;
+        let probs = drop.apply(&ops::attention_softmax(&scores, 1.0, bias)?)?;
+        let ctx = ops::head_matmul(&probs, v)?.transpose(1, 2)?.reshape((
+            b,
+            sq,
+            self.heads * self.d_kv,
+        ))?;
         self.o.forward(&ctx)
     }
 }
