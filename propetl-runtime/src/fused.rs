@@ -250,6 +250,11 @@ impl candle_core::CustomOp2 for HeadMatmul {
             candle_core::bail!("head-matmul: an operand does not fit its storage")
         }
         let (heads, block) = (ba * ha, m * n);
+        // A row-major lhs times a column-major rhs (Q · a transposed K view) is a set of dot
+        // products, which gemm computes with other kernels (horizontal sums) when m · n is small:
+        // a row's scores would then depend on how much padding its batch has. Such an rhs is
+        // copied row-major per (batch, head) first, so every product takes the same kernels.
+        let dot_layout = sa[3] == 1 && sb[2] == 1 && sb[3] != 1;
         let mut out: Vec<f32> = Vec::with_capacity(heads * block);
         if k == 0 {
             out.resize(heads * block, 0.0);
@@ -258,10 +263,20 @@ impl candle_core::CustomOp2 for HeadMatmul {
             (0..heads).into_par_iter().for_each(|i| {
                 let (bi, hi) = (i / ha, i % ha);
                 let dst = &dst;
+                let rhs_at = b_off + bi * sb[0] + hi * sb[1];
+                let packed: Vec<f32>;
+                let (rhs, rhs_cs, rhs_rs) = if dot_layout {
+                    packed = (0..k * n)
+                        .map(|e| b[rhs_at + (e / n) * sb[2] + (e % n) * sb[3]])
+                        .collect();
+                    (packed.as_slice(), 1, n)
+                } else {
+                    (&b[rhs_at..], sb[3], sb[2])
+                };
                 // SAFETY: both operands were checked to lie inside their slices for every
-                // (batch, head) index; task `i` writes only the `block` elements at `i · block`
-                // of the output's capacity, all of which gemm overwrites (`read_dst` false);
-                // the length is set after every task has finished.
+                // (batch, head) index (a packed rhs is k × n, row-major); task `i` writes only
+                // the `block` elements at `i · block` of the output's capacity, all of which
+                // gemm overwrites (`read_dst` false); the length is set after every task.
                 unsafe {
                     gemm::gemm(
                         m,
@@ -274,9 +289,9 @@ impl candle_core::CustomOp2 for HeadMatmul {
                         a.as_ptr().add(a_off + bi * sa[0] + hi * sa[1]),
                         sa[3] as isize,
                         sa[2] as isize,
-                        b.as_ptr().add(b_off + bi * sb[0] + hi * sb[1]),
-                        sb[3] as isize,
-                        sb[2] as isize,
+                        rhs.as_ptr(),
+                        rhs_cs as isize,
+                        rhs_rs as isize,
                         0.0,
                         1.0,
                         false,

@@ -318,6 +318,25 @@ mod tests {
         }
         // the frozen prefix gets no gradient
         assert!(g1.get(&prefix).is_none());
+        // a row's products do not depend on the padded length (batch-size invariance of
+        // predictions): small and large products take the same kernels, bit for bit
+        let queries = rng.normal((1, 2, 16, 16), 1.0, &dev)?;
+        let keys = rng.normal((1, 2, 20, 16), 1.0, &dev)?;
+        let bits = |t: Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+        let long = head_matmul(&queries, &keys.transpose(2, 3)?)?;
+        let short = head_matmul(&queries, &keys.narrow(2, 0, 5)?.transpose(2, 3)?)?;
+        assert_eq!(bits(long.narrow(3, 0, 5)?)?, bits(short.clone())?);
+        let padded = Tensor::cat(
+            &[
+                short.clone(),
+                Tensor::zeros((1, 2, 16, 15), DType::F32, &dev)?,
+            ],
+            3,
+        )?;
+        assert_eq!(
+            bits(head_matmul(&padded, &keys)?)?,
+            bits(head_matmul(&short, &keys.narrow(2, 0, 5)?)?)?
+        );
         // shapes that do not multiply are an error, not a panic
         assert!(head_matmul(&per_head(&q)?, &per_head(&k)?).is_err());
         Ok(())
