@@ -268,8 +268,9 @@ impl candle_core::CustomOp2 for HeadMatmul {
                 let rhs_at = b_off + bi * sb[0] + hi * sb[1];
                 let packed: Vec<f32>;
                 let (rhs, rhs_cs, rhs_rs) = if dot_layout {
-                    packed = (0..k * n)
-                        .map(|e| b[rhs_at + (e / n) * sb[2] + (e % n) * sb[3]])
+                    packed = (0..k)
+                        .flat_map(|r| (0..n).map(move |c| rhs_at + r * sb[2] + c * sb[3]))
+                        .map(|at| b[at])
                         .collect();
                     (packed.as_slice(), 1, n)
                 } else {
