@@ -16,7 +16,7 @@ GROUPS = [
     ("libm (erf, exp)", r"erff|erfc|expf|erf_f32|fmaf|libm"),
     ("Candle element-wise maps", r"candle_core::cpu_backend::utils::(binary_map|unary_map|Map1|Map2)|binary_map|unary_map"),
     ("fused kernels and other closures (LayerNorm, softmax, GELU, dropout, bias)",
-     r"call_mut|fold_with|ForEachConsumer|Map<I,F>|for_each|Producer"),
+     r"propetl_runtime::fused|call_mut|fold_with|ForEachConsumer|Map<I,F>|for_each|Producer|from_iter"),
 ]
 
 
