@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use propetl::prelude::*;
 use propetl::runtime::mask::kept_count;
+use propetl::runtime::parallel::on_compute_pool;
 use propetl::runtime::task::{collate_labeled, predictions_from_logits};
 use propetl::train::{evaluate, train, EvalSettings, Silent};
 
@@ -237,7 +238,9 @@ fn main() -> Result<()> {
         task: "default",
         glue: None,
     };
-    let logs = train(&mut model, &data, &cfg, &mut Silent)?;
+    // on a worker of the compute pool, as the CLI runs its commands: the step's parallel
+    // kernels then split their work with this thread instead of handing every job over
+    let logs = on_compute_pool(|| train(&mut model, &data, &cfg, &mut Silent))?;
     for e in &logs {
         println!(
             "epoch {:>2}  train loss {:.4}  eval accuracy {:.1}",
