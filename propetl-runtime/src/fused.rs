@@ -726,14 +726,20 @@ pub(crate) fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let below = x < UNDERFLOW;
     let x = x.clamp(UNDERFLOW, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // ROUND + n lies in [2²³, 2²⁴), where one ulp is 1: its bits are ROUND's plus n, so the
+    // integer n comes from an integer subtraction (a float-to-int `as` cast saturates and
+    // handles NaN, which compiles to scalar code per lane and kept these loops from
+    // vectorizing)
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 0.166_666_65)
         * r
         + 0.5;
     let y = p * (r * r) + r + 1.0;
-    let y = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = y * f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     if below {
         0.0
     } else {
