@@ -268,10 +268,16 @@ impl candle_core::CustomOp2 for HeadMatmul {
                 let rhs_at = b_off + bi * sb[0] + hi * sb[1];
                 let packed: Vec<f32>;
                 let (rhs, rhs_cs, rhs_rs) = if dot_layout {
-                    packed = (0..k)
-                        .flat_map(|r| (0..n).map(move |c| rhs_at + r * sb[2] + c * sb[3]))
-                        .map(|at| b[at])
-                        .collect();
+                    // column by column: each column of a transposed view is contiguous
+                    // in the source; the k × n destination stays in the L1 cache
+                    let mut buffer = vec![0f32; k * n];
+                    for c in 0..n {
+                        let column = &b[rhs_at + c * sb[3]..];
+                        for r in 0..k {
+                            buffer[r * n + c] = column[r * sb[2]];
+                        }
+                    }
+                    packed = buffer;
                     (packed.as_slice(), 1, n)
                 } else {
                     (&b[rhs_at..], sb[3], sb[2])
