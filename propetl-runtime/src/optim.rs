@@ -317,11 +317,44 @@ impl AdamW {
                     continue;
                 };
                 let grad = grad.to_dtype(var.dtype())?;
-                let (m, v, t) = match self.moments.remove(name) {
-                    Some(s) => s,
-                    None => (grad.zeros_like()?, grad.zeros_like()?, 0),
+                let moments = self.moments.remove(name);
+                let t = moments.as_ref().map_or(0, |(_, _, t)| *t) + 1;
+                if crate::fused::applies(var.as_tensor()) {
+                    // the same update in one parallel pass (fused.rs)
+                    let bc1 = 1.0 - b1.powi(t as i32);
+                    let bc2 = 1.0 - b2.powi(t as i32);
+                    let scalars = crate::fused::AdamWScalars {
+                        beta1: b1 as f32,
+                        one_minus_beta1: (1.0 - b1) as f32,
+                        beta2: b2 as f32,
+                        one_minus_beta2: (1.0 - b2) as f32,
+                        eps: self.eps as f32,
+                        step_size: (lr / bc1) as f32,
+                        inv_sqrt_bias2: (1.0 / bc2.sqrt()) as f32,
+                        decay: (g.weight_decay != 0.0)
+                            .then_some((1.0 - lr * g.weight_decay) as f32),
+                    };
+                    let (new, m, v) = crate::fused::with_f32(var.as_tensor(), |p| {
+                        crate::fused::with_f32(&grad, |gr| match &moments {
+                            Some((m, v, _)) => crate::fused::with_f32(m, |m| {
+                                crate::fused::with_f32(v, |v| {
+                                    crate::fused::adamw_update(p, gr, Some((m, v)), &scalars)
+                                })
+                            }),
+                            None => crate::fused::adamw_update(p, gr, None, &scalars),
+                        })
+                    })?;
+                    let (shape, dev) = (var.shape().clone(), var.device().clone());
+                    var.set(&Tensor::from_vec(new, shape.clone(), &dev)?)?;
+                    let m = Tensor::from_vec(m, shape.clone(), &dev)?;
+                    let v = Tensor::from_vec(v, shape, &dev)?;
+                    self.moments.insert(name.clone(), (m, v, t));
+                    continue;
+                }
+                let (m, v) = match moments {
+                    Some((m, v, _)) => (m, v),
+                    None => (grad.zeros_like()?, grad.zeros_like()?),
                 };
-                let t = t + 1;
                 let m = ((m * b1)? + (&grad * (1.0 - b1))?)?;
                 let v = ((v * b2)? + (grad.sqr()? * (1.0 - b2))?)?;
                 let bc1 = 1.0 - b1.powi(t as i32);
@@ -346,6 +379,46 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn fused_update_matches_the_composed_update_bit_for_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(8);
+        let (p, g) = (rng.normal(5000, 1.0, &dev)?, rng.normal(5000, 0.1, &dev)?);
+        let (m, v) = (
+            rng.normal(5000, 0.01, &dev)?,
+            rng.normal(5000, 0.01, &dev)?.sqr()?,
+        );
+        let (b1, b2, eps, lr, wd, t) = (0.9f64, 0.999f64, 1e-8f64, 3e-3f64, 0.01f64, 7);
+        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        // the composed update of AdamW::step, op for op
+        let m1 = ((&m * b1)? + (&g * (1.0 - b1))?)?;
+        let v1 = ((&v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+        let denom = ((v1.sqrt()? / bc2.sqrt())? + eps)?;
+        let composed = ((&p * (1.0 - lr * wd))? - (m1.div(&denom)? * (lr / bc1))?)?;
+        let scalars = crate::fused::AdamWScalars {
+            beta1: b1 as f32,
+            one_minus_beta1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            eps: eps as f32,
+            step_size: (lr / bc1) as f32,
+            inv_sqrt_bias2: (1.0 / bc2.sqrt()) as f32,
+            decay: Some((1.0 - lr * wd) as f32),
+        };
+        let host = |t: &Tensor| t.to_vec1::<f32>();
+        let (fused, fm, fv) = crate::fused::adamw_update(
+            &host(&p)?,
+            &host(&g)?,
+            Some((&host(&m)?, &host(&v)?)),
+            &scalars,
+        )?;
+        assert_eq!(fused, host(&composed)?);
+        assert_eq!((fm, fv), (host(&m1)?, host(&v1)?));
+        // mismatched lengths are an error, not a panic
+        assert!(crate::fused::adamw_update(&[1.0], &[1.0, 2.0], None, &scalars).is_err());
+        Ok(())
+    }
 
     #[test]
     fn schedule_boundaries() {
