@@ -350,20 +350,25 @@ fn bad_grids_are_refused_before_anything_is_written() {
 }
 
 #[test]
-fn the_example_sweep_parses_into_48_cells() {
-    let cfg =
-        SweepConfig::from_toml_file(&root().join("configs/sweeps/keep_pro_adapter.toml")).unwrap();
-    // planning reads the model's config.json (its family): only with the fetched assets
-    if !root().join("assets/all-MiniLM-L6-v2/config.json").exists() {
-        return;
+fn the_keep_sweeps_parse_into_48_cells() {
+    for (file, task) in [
+        ("keep_pro_adapter.toml", "rotten-tomatoes"),
+        ("keep_vader.toml", "vader-movies"),
+    ] {
+        let mut cfg =
+            SweepConfig::from_toml_file(&root().join("configs/sweeps").join(file)).unwrap();
+        assert_eq!(cfg.base.task.name(), task);
+        // planning reads the model's config.json (its family): only with the fetched assets
+        if !root().join("assets/all-MiniLM-L6-v2/config.json").exists() {
+            continue;
+        }
+        cfg.base.model_dir = Some(root().join("assets/all-MiniLM-L6-v2"));
+        cfg.base.data_dir = Some(root().join("assets/sentiment"));
+        let cells = cfg.cells().unwrap();
+        assert_eq!(cells.len(), 48, "{file}");
+        assert_eq!(cells[0].name, "pro_adapter-keep0.05-seed42");
+        assert_eq!(cells.last().unwrap().name, "lora-seed44");
     }
-    let mut cfg = cfg;
-    cfg.base.model_dir = Some(root().join("assets/all-MiniLM-L6-v2"));
-    cfg.base.data_dir = Some(root().join("assets/sentiment"));
-    let cells = cfg.cells().unwrap();
-    assert_eq!(cells.len(), 48);
-    assert_eq!(cells[0].name, "pro_adapter-keep0.05-seed42");
-    assert_eq!(cells.last().unwrap().name, "lora-seed44");
 }
 
 #[test]
