@@ -349,22 +349,28 @@ fn bad_grids_are_refused_before_anything_is_written() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("[sweep]"));
 }
 
+/// The cells of a shipped sweep file (`configs/sweeps/<file>`), after checking its task; None
+/// without the fetched assets (planning reads the model's config.json for its family).
+fn shipped_sweep_cells(file: &str, task: &str) -> Option<Vec<sweep::Cell>> {
+    let mut cfg = SweepConfig::from_toml_file(&root().join("configs/sweeps").join(file)).unwrap();
+    assert_eq!(cfg.base.task.name(), task, "{file}");
+    if !root().join("assets/all-MiniLM-L6-v2/config.json").exists() {
+        return None;
+    }
+    cfg.base.model_dir = Some(root().join("assets/all-MiniLM-L6-v2"));
+    cfg.base.data_dir = Some(root().join("assets/sentiment"));
+    Some(cfg.cells().unwrap())
+}
+
 #[test]
 fn the_keep_sweeps_parse_into_48_cells() {
     for (file, task) in [
         ("keep_pro_adapter.toml", "rotten-tomatoes"),
         ("keep_vader.toml", "vader-movies"),
     ] {
-        let mut cfg =
-            SweepConfig::from_toml_file(&root().join("configs/sweeps").join(file)).unwrap();
-        assert_eq!(cfg.base.task.name(), task);
-        // planning reads the model's config.json (its family): only with the fetched assets
-        if !root().join("assets/all-MiniLM-L6-v2/config.json").exists() {
+        let Some(cells) = shipped_sweep_cells(file, task) else {
             continue;
-        }
-        cfg.base.model_dir = Some(root().join("assets/all-MiniLM-L6-v2"));
-        cfg.base.data_dir = Some(root().join("assets/sentiment"));
-        let cells = cfg.cells().unwrap();
+        };
         assert_eq!(cells.len(), 48, "{file}");
         assert_eq!(cells[0].name, "pro_adapter-keep0.05-seed42");
         assert_eq!(cells.last().unwrap().name, "lora-seed44");
@@ -377,15 +383,9 @@ fn the_variant_sweeps_parse_into_21_cells_with_full_fine_tunings_own_rate() {
         ("variants_rt.toml", "rotten-tomatoes"),
         ("variants_vader.toml", "vader-movies"),
     ] {
-        let mut cfg =
-            SweepConfig::from_toml_file(&root().join("configs/sweeps").join(file)).unwrap();
-        assert_eq!(cfg.base.task.name(), task);
-        if !root().join("assets/all-MiniLM-L6-v2/config.json").exists() {
+        let Some(cells) = shipped_sweep_cells(file, task) else {
             continue;
-        }
-        cfg.base.model_dir = Some(root().join("assets/all-MiniLM-L6-v2"));
-        cfg.base.data_dir = Some(root().join("assets/sentiment"));
-        let cells = cfg.cells().unwrap();
+        };
         assert_eq!(cells.len(), 21, "{file}");
         for c in &cells {
             let lr = if c.name.starts_with("full-") {
