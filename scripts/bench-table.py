@@ -6,8 +6,11 @@ only): one row per (mode, shape, variant) with both sides' times, the ratio and 
 
 Training: seconds per step (median), ratio = Rust / PyTorch (below 1: Rust is faster).
 Inference: tokens per second, ratio = Rust / PyTorch (above 1: Rust is faster).
+A configuration measured in several rounds (bench-vs-torch.sh's ROUNDS, each round PyTorch then
+Rust) shows each side's median over its rounds and the rounds' count; peak RSS is the largest.
 """
 import json
+import statistics
 import sys
 
 
@@ -29,25 +32,23 @@ def main(argv):
                     print(f"error in {path}: {d}", file=sys.stderr)
                     continue
                 key = (d.get("mode", "train"), d["shape"], d["variant"])
-                rows.setdefault(key, {})[d["side"]] = d  # the last run of a config wins
-    head = ["mode", "shape", "variant", "PyTorch", "Rust", "ratio", "PyTorch RSS MB", "Rust RSS MB"]
+                rows.setdefault(key, {}).setdefault(d["side"], []).append(d)
+    head = ["mode", "shape", "variant", "rounds", "PyTorch", "Rust", "ratio", "PyTorch RSS MB", "Rust RSS MB"]
     table = []
     for (mode, shape, variant), sides in sorted(rows.items(), key=lambda kv: (kv[0][0] != "train", kv[0][1], kv[0][2])):
-        t, r = sides.get("torch"), sides.get("rust")
+        t, r = sides.get("torch", []), sides.get("rust", [])
         if mode == "train":
-            metric, unit = "median_step_s", " s/step"
-            tv = t and t[metric]
-            rv = r and r[metric]
-            ratio = f"{rv / tv:.2f}" if tv and rv else "-"
+            metric = "median_step_s"
             fmt = lambda v: f"{v:.3f}" if v else "-"
         else:
             metric = "tokens_per_s"
-            tv = t and t[metric]
-            rv = r and r[metric]
-            ratio = f"{rv / tv:.2f}" if tv and rv else "-"
             fmt = lambda v: f"{v:,.0f} tok/s" if v else "-"
-        rss = lambda s: f"{s['peak_rss_mb']:,.0f}" if s else "-"
-        table.append([mode, shape, variant, fmt(tv), fmt(rv), ratio, rss(t), rss(r)])
+        tv = statistics.median(x[metric] for x in t) if t else None
+        rv = statistics.median(x[metric] for x in r) if r else None
+        ratio = f"{rv / tv:.2f}" if tv and rv else "-"
+        rss = lambda runs: f"{max(x['peak_rss_mb'] for x in runs):,.0f}" if runs else "-"
+        n = f"{len(t)}/{len(r)}" if len(t) != len(r) else str(len(t))
+        table.append([mode, shape, variant, n, fmt(tv), fmt(rv), ratio, rss(t), rss(r)])
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

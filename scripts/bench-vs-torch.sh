@@ -15,6 +15,9 @@
 #   SHAPES    base,small            VARIANTS  the six RoBERTa variants + t5_pro_adapter
 #   MODES     train,infer           INFER_VARIANTS  pro_adapter,pro_lora,pro_prefix
 #   STEPS / WARMUP   timed / untimed steps per configuration (default 5 / 2, as bench.py)
+#   ROUNDS    rounds per configuration, each PyTorch then Rust (default 1); the table shows each
+#             side's median over the rounds. This machine's speed drifts by 10–25% between
+#             minutes, so ratios meant to be quoted use ROUNDS=3 (docs/performance.md)
 #   OUT       JSON lines file (default bench-results/bench-vs-torch-<date>.jsonl)
 #   MASK_OVERHEAD=0  skip the masked ÷ unmasked ProAdapter step (Rust only, ≈1 min)
 # A benchmark, not a test: CI does not run it.
@@ -27,6 +30,7 @@ VARIANTS=${VARIANTS:-pro_adapter,pro_lora,pro_prefix,adapter,lora,prefix,t5_pro_
 MODES=${MODES:-train,infer}
 INFER_VARIANTS=${INFER_VARIANTS:-pro_adapter,pro_lora,pro_prefix}
 STEPS=${STEPS:-5}
+ROUNDS=${ROUNDS:-1}
 WARMUP=${WARMUP:-2}
 TORCH_BENCH=../shared/torch_bench
 OUT=${OUT:-bench-results/bench-vs-torch-$(date -u +%Y%m%dT%H%MZ).jsonl}
@@ -71,7 +75,7 @@ for mode in "${modes[@]}"; do
     for v in "${vs[@]}"; do
       # bench.py's inference mode is RoBERTa only
       if [ "$mode" = infer ] && [[ $v == t5_* ]]; then continue; fi
-      run_pair "$shape" "$v" "$mode"
+      for _ in $(seq "$ROUNDS"); do run_pair "$shape" "$v" "$mode"; done
     done
   done
 done
