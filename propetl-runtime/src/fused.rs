@@ -190,25 +190,91 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// How an operand of [`HeadMatmul`] is read as `[B, H, rows, cols]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeadView {
+    /// `Some(H)`: the tensor is a projection `[B, S, H·d]`, read per head as `[B, H, S, d]`
+    /// (no copy); `None`: a rank-4 `[B, H, rows, cols]` tensor, read through its strides.
+    pub split: Option<usize>,
+    /// Read with its last two dimensions swapped (`Kᵀ`, `Pᵀ`).
+    pub transposed: bool,
+}
+
+impl HeadView {
+    /// A rank-4 tensor as it is.
+    pub const AS_IS: HeadView = HeadView {
+        split: None,
+        transposed: false,
+    };
+
+    /// A projection `[B, S, heads·d]` read per head.
+    pub fn split(heads: usize) -> HeadView {
+        HeadView {
+            split: Some(heads),
+            transposed: false,
+        }
+    }
+
+    /// The same view with its last two dimensions swapped.
+    pub fn t(self) -> HeadView {
+        HeadView {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// (element offset, dims, strides) of the `[B, H, rows, cols]` view of `l`.
+    fn view(self, l: &Layout) -> Result<(usize, [usize; 4], [usize; 4])> {
+        let (dims, st) = (l.dims(), l.stride());
+        let (mut d, mut s) = match self.split {
+            None => {
+                if st.len() != 4 {
+                    candle_core::bail!(
+                        "head-matmul: rank-4 operands expected, got rank {}",
+                        st.len()
+                    )
+                }
+                (
+                    [dims[0], dims[1], dims[2], dims[3]],
+                    [st[0], st[1], st[2], st[3]],
+                )
+            }
+            Some(heads) => {
+                if st.len() != 3 || heads == 0 || dims[2] % heads != 0 {
+                    candle_core::bail!(
+                        "head-matmul: a projection [B, S, {heads}·d] expected, got {dims:?}"
+                    )
+                }
+                let hd = dims[2] / heads;
+                (
+                    [dims[0], heads, dims[1], hd],
+                    [st[0], hd * st[2], st[1], st[2]],
+                )
+            }
+        };
+        if self.transposed {
+            d.swap(2, 3);
+            s.swap(2, 3);
+        }
+        Ok((l.start_offset(), d, s))
+    }
+}
+
 /// `[B, H, M, K] · [B, H, K, N] → [B, H, M, N]`: the attention products (scores = Q·Kᵀ,
 /// context = P·V) as one op. Candle's batched matmul runs one multi-threaded gemm per (batch,
 /// head) — 96 thread hand-offs for a roberta-base layer's 128 × 128 × 64 products — and needs
 /// contiguous operands, so the per-head views of Q, K and V were copied first. Here each
 /// (batch, head) product is one single-threaded gemm, the products run in parallel, and the
-/// operands are read through their strides (per-head and transposed views need no copy).
-/// The backward pass is the same op on transposed views: `dA = G · Bᵀ`, `dB = Aᵀ · G`.
-pub(crate) struct HeadMatmul;
-
-/// (element offset, strides) of a rank-4 layout.
-fn strided4(l: &Layout) -> Result<(usize, [usize; 4])> {
-    let st = l.stride();
-    if st.len() != 4 {
-        candle_core::bail!(
-            "head-matmul: rank-4 operands expected, got rank {}",
-            st.len()
-        )
-    }
-    Ok((l.start_offset(), [st[0], st[1], st[2], st[3]]))
+/// operands are read through their strides: a projection `[B, S, H·d]` is split into heads and
+/// transposed inside the op ([`HeadView`]), and with `merge_heads` the product is written as
+/// `[B, M, H·N]` (the layout the output projection reads) — no Candle transpose or reshape
+/// nodes, so neither pass copies a per-head view. The backward pass is the same op on
+/// transposed views, each gradient written in its operand's own layout: `dA = G · Bᵀ`,
+/// `dB = Aᵀ · G`.
+pub(crate) struct HeadMatmul {
+    pub a: HeadView,
+    pub b: HeadView,
+    pub merge_heads: bool,
 }
 
 /// Whether the strided rank-4 view `(offset, strides)` of `dims` lies inside `len` elements.
@@ -238,20 +304,30 @@ impl candle_core::CustomOp2 for HeadMatmul {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
             candle_core::bail!("head-matmul: expected f32")
         };
-        let (ba, ha, m, k) = l1.shape().dims4()?;
-        let (bb, hb, kb, n) = l2.shape().dims4()?;
+        let (a_off, da, sa) = self.a.view(l1)?;
+        let (b_off, db, sb) = self.b.view(l2)?;
+        let [ba, ha, m, k] = da;
+        let [bb, hb, kb, n] = db;
         if (ba, ha, k) != (bb, hb, kb) {
-            candle_core::bail!(
-                "head-matmul: shapes {:?} and {:?} do not multiply",
-                l1.dims(),
-                l2.dims()
-            )
+            candle_core::bail!("head-matmul: shapes {:?} and {:?} do not multiply", da, db)
         }
-        let ((a_off, sa), (b_off, sb)) = (strided4(l1)?, strided4(l2)?);
-        if !fits(a.len(), a_off, l1.dims(), &sa) || !fits(b.len(), b_off, l2.dims(), &sb) {
+        if !fits(a.len(), a_off, &da, &sa) || !fits(b.len(), b_off, &db, &sb) {
             candle_core::bail!("head-matmul: an operand does not fit its storage")
         }
         let (heads, block) = (ba * ha, m * n);
+        // where (batch, head) i's [m, n] block starts and its row stride
+        let (out_at, out_rs) = if self.merge_heads {
+            (
+                Box::new(move |i: usize| (i / ha) * m * ha * n + (i % ha) * n)
+                    as Box<dyn Fn(usize) -> usize + Sync>,
+                ha * n,
+            )
+        } else {
+            (
+                Box::new(move |i: usize| i * block) as Box<dyn Fn(usize) -> usize + Sync>,
+                n,
+            )
+        };
         // A row-major lhs times a column-major rhs (Q · a transposed K view) is a set of dot
         // products, which gemm computes with other kernels (horizontal sums) when m · n is small:
         // a row's scores would then depend on how much padding its batch has. Such an rhs is
@@ -284,16 +360,17 @@ impl candle_core::CustomOp2 for HeadMatmul {
                 };
                 // SAFETY: both operands were checked to lie inside their slices for every
                 // (batch, head) index (a packed rhs is k × n, row-major); task `i` writes only
-                // the `block` elements at `i · block` of the output's capacity, all of which
-                // gemm overwrites (`read_dst` false); the length is set after every task.
+                // its own m × n block of the output (rows `out_rs` apart; the blocks of
+                // different tasks are disjoint in both layouts), all of which gemm overwrites
+                // (`read_dst` false); the length is set after every task.
                 unsafe {
                     gemm::gemm(
                         m,
                         n,
                         k,
-                        dst.0.add(i * block),
+                        dst.0.add(out_at(i)),
                         1,
-                        n as isize,
+                        out_rs as isize,
                         false,
                         a.as_ptr().add(a_off + bi * sa[0] + hi * sa[1]),
                         sa[3] as isize,
@@ -313,7 +390,12 @@ impl candle_core::CustomOp2 for HeadMatmul {
         }
         // SAFETY: every element was written above (or zero-filled when k == 0).
         unsafe { out.set_len(heads * block) };
-        Ok((CpuStorage::F32(out), Shape::from((ba, ha, m, n))))
+        let shape = if self.merge_heads {
+            Shape::from((ba, m, ha * n))
+        } else {
+            Shape::from((ba, ha, m, n))
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -323,17 +405,57 @@ impl candle_core::CustomOp2 for HeadMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // the output gradient, read per head as [B, H, M, N]
+        let g = if self.merge_heads {
+            HeadView::split(self.heads(a)?)
+        } else {
+            HeadView::AS_IS
+        };
+        // each gradient in its operand's own layout: for a transposed view, the transpose of
+        // the product is computed (operands swapped) instead
+        let product = |lhs: (&Tensor, HeadView), rhs: (&Tensor, HeadView), merge: bool| {
+            lhs.0.apply_op2_no_bwd(
+                rhs.0,
+                &HeadMatmul {
+                    a: lhs.1,
+                    b: rhs.1,
+                    merge_heads: merge,
+                },
+            )
+        };
         let da = if a.track_op() {
-            Some(grad.apply_op2_no_bwd(&b.transpose(2, 3)?, &HeadMatmul)?)
+            let merge = self.a.split.is_some();
+            Some(if self.a.transposed {
+                // (G · Bᵀ)ᵀ = B · Gᵀ
+                product((b, self.b), (grad, g.t()), merge)?
+            } else {
+                product((grad, g), (b, self.b.t()), merge)?
+            })
         } else {
             None
         };
         let db = if b.track_op() {
-            Some(a.transpose(2, 3)?.apply_op2_no_bwd(grad, &HeadMatmul)?)
+            let merge = self.b.split.is_some();
+            Some(if self.b.transposed {
+                // (Aᵀ · G)ᵀ = Gᵀ · A
+                product((grad, g.t()), (a, self.a), merge)?
+            } else {
+                product((a, self.a.t()), (grad, g), merge)?
+            })
         } else {
             None
         };
         Ok((da, db))
+    }
+}
+
+impl HeadMatmul {
+    /// The head count H of this product: a split operand's, else the lhs's second dimension.
+    fn heads(&self, a: &Tensor) -> Result<usize> {
+        match (self.a.split, self.b.split) {
+            (Some(h), _) | (_, Some(h)) => Ok(h),
+            (None, None) => a.dim(1),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::fused::HeadView;
 use crate::spec::Activation;
 
 /// Softmax over the last dimension (max-subtracted for stability), with a backward pass.
@@ -77,9 +78,60 @@ pub fn attention_softmax(scores: &Tensor, scale: f64, bias: &Tensor) -> Result<T
 /// single-threaded gemm each; elsewhere Candle's matmul.
 pub fn head_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if crate::fused::applies(a) && crate::fused::applies(b) && a.rank() == 4 && b.rank() == 4 {
-        return a.apply_op2(b, crate::fused::HeadMatmul);
+        return a.apply_op2(
+            b,
+            crate::fused::HeadMatmul {
+                a: HeadView::AS_IS,
+                b: HeadView::AS_IS,
+                merge_heads: false,
+            },
+        );
     }
     a.contiguous()?.matmul(&b.contiguous()?)
+}
+
+/// Attention scores `Q·Kᵀ [B, H, S, T]` of the projections `queries [B, S, H·d]` and
+/// `keys [B, T, H·d]` (unscaled). On the CPU in f32 one op splits the heads and transposes
+/// the keys inside ([`head_matmul`]'s kernel): no per-head copies forward or backward, and
+/// each gradient comes back as `[B, S, H·d]`.
+pub fn attention_scores(queries: &Tensor, keys: &Tensor, heads: usize) -> Result<Tensor> {
+    if crate::fused::applies(queries) && crate::fused::applies(keys) {
+        return queries.apply_op2(
+            keys,
+            crate::fused::HeadMatmul {
+                a: HeadView::split(heads),
+                b: HeadView::split(heads).t(),
+                merge_heads: false,
+            },
+        );
+    }
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let (b, s, hd) = t.dims3()?;
+        t.reshape((b, s, heads, hd / heads))?.transpose(1, 2)
+    };
+    head_matmul(&split(queries)?, &split(keys)?.transpose(2, 3)?)
+}
+
+/// Attention context `P·V` with the heads merged back, `[B, S, H·d]`, of `probs [B, H, S, T]`
+/// and the value projection `values [B, T, H·d]` — the layout the output projection reads,
+/// written directly (no transpose copy) on the CPU in f32.
+pub fn attention_context(probs: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let heads = probs.dim(1)?;
+    if crate::fused::applies(probs) && crate::fused::applies(values) {
+        return probs.apply_op2(
+            values,
+            crate::fused::HeadMatmul {
+                a: HeadView::AS_IS,
+                b: HeadView::split(heads),
+                merge_heads: true,
+            },
+        );
+    }
+    let (b, t, hd) = values.dims3()?;
+    let v = values.reshape((b, t, heads, hd / heads))?.transpose(1, 2)?;
+    let ctx = head_matmul(probs, &v)?;
+    let (_, _, s, d) = ctx.dims4()?;
+    ctx.transpose(1, 2)?.reshape((b, s, heads * d))
 }
 
 /// T5's RMS LayerNorm (no mean subtraction, no bias).
@@ -339,6 +391,69 @@ mod tests {
         );
         // shapes that do not multiply are an error, not a panic
         assert!(head_matmul(&per_head(&q)?, &per_head(&k)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn attention_products_split_heads_inside_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(7);
+        let (b, s, p, heads, d) = (2, 5, 2, 3, 4);
+        let q = Var::from_tensor(&rng.normal((b, s, heads * d), 1.0, &dev)?)?;
+        let k = Var::from_tensor(&rng.normal((b, s, heads * d), 1.0, &dev)?)?;
+        let v = Var::from_tensor(&rng.normal((b, s, heads * d), 1.0, &dev)?)?;
+        // RoBERTa's prefix layout: a frozen [P, H·d] broadcast over the batch, in front of
+        // the sequence's keys and values
+        let prefix = rng.normal((1, p, heads * d), 1.0, &dev)?;
+        let with_prefix = |t: &Var| {
+            Tensor::cat(
+                &[
+                    prefix.broadcast_as((b, p, heads * d))?,
+                    t.as_tensor().clone(),
+                ],
+                1,
+            )
+        };
+        let target = rng.normal((b, s, heads * d), 1.0, &dev)?;
+        let ours = {
+            let scores = attention_scores(q.as_tensor(), &with_prefix(&k)?, heads)?;
+            attention_context(&(scores * 0.1)?, &with_prefix(&v)?)?
+        };
+        let split = |t: &Tensor| -> Result<Tensor> {
+            let (b, n, _) = t.dims3()?;
+            t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous()
+        };
+        let plain = {
+            let keys = split(&with_prefix(&k)?)?.transpose(2, 3)?.contiguous()?;
+            let scores = split(q.as_tensor())?.matmul(&keys)?;
+            (scores * 0.1)?
+                .matmul(&split(&with_prefix(&v)?)?)?
+                .transpose(1, 2)?
+                .reshape((b, s, heads * d))?
+        };
+        assert_eq!(ours.dims(), &[b, s, heads * d]);
+        assert!(max_diff(&ours, &plain) < 1e-5);
+        let g1 = ours.mul(&target)?.sum_all()?.backward()?;
+        let g2 = plain.mul(&target)?.sum_all()?.backward()?;
+        for var in [&q, &k, &v] {
+            let a = g1.get(var.as_tensor()).expect("gradient");
+            let b = g2.get(var.as_tensor()).expect("gradient");
+            assert_eq!(a.dims(), var.dims());
+            assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
+        }
+        assert!(g1.get(&prefix).is_none());
+        // the composed path (off the CPU, other dtypes) computes the same products
+        let f64_ctx = {
+            let (q, k, v) = (
+                q.as_tensor().to_dtype(DType::F64)?,
+                with_prefix(&k)?.to_dtype(DType::F64)?,
+                with_prefix(&v)?.to_dtype(DType::F64)?,
+            );
+            attention_context(&(attention_scores(&q, &k, heads)? * 0.1)?, &v)?
+        };
+        assert!(max_diff(&f64_ctx.to_dtype(DType::F32)?, &ours) < 1e-5);
+        // a head count that does not divide the width is an error, not a panic
+        assert!(attention_scores(q.as_tensor(), k.as_tensor(), 5).is_err());
         Ok(())
     }
 

@@ -175,31 +175,24 @@ impl RobertaLayer {
         petl: &LayerPetl,
         mode: &mut ForwardMode,
     ) -> candle_core::Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
+        let (b, _, h) = x.dims3()?;
         let nh = self.heads;
         let hd = h / nh;
-        // per-head views [B, nH, S, hd], read in place by ops::head_matmul
-        let split = |t: Tensor| t.reshape((b, s, nh, hd))?.transpose(1, 2);
-        let q = split(self.proj(&self.query, x, petl, LoraTarget::Q)?)?;
-        let mut k = split(self.proj(&self.key, x, petl, LoraTarget::K)?)?;
-        let mut v = split(self.proj(&self.value, x, petl, LoraTarget::V)?)?;
+        // projections [B, S, H]; ops::attention_scores / attention_context read them per head
+        // in place and write the context back as [B, S, H]
+        let q = self.proj(&self.query, x, petl, LoraTarget::Q)?;
+        let mut k = self.proj(&self.key, x, petl, LoraTarget::K)?;
+        let mut v = self.proj(&self.value, x, petl, LoraTarget::V)?;
         if let Some((pk, pv)) = petl.prefix_kv() {
             let p = pk.dim(0)?;
-            let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((1, p, nh, hd))?
-                    .transpose(1, 2)?
-                    .broadcast_as((b, nh, p, hd))?
-                    .contiguous()
-            };
-            k = Tensor::cat(&[heads(pk)?, k], 2)?;
-            v = Tensor::cat(&[heads(pv)?, v], 2)?;
+            let batch = |t: &Tensor| t.unsqueeze(0)?.broadcast_as((b, p, h));
+            k = Tensor::cat(&[&batch(pk)?, &k], 1)?;
+            v = Tensor::cat(&[&batch(pv)?, &v], 1)?;
         }
-        let scores = ops::head_matmul(&q, &k.transpose(2, 3)?)?;
+        let scores = ops::attention_scores(&q, &k, nh)?;
         let probs = ops::attention_softmax(&scores, 1.0 / (hd as f64).sqrt(), attention_bias)?;
         let probs = mode.dropout(&probs, self.attn_dropout)?;
-        let ctx = ops::head_matmul(&probs, &v)?
-            .transpose(1, 2)?
-            .reshape((b, s, h))?;
+        let ctx = ops::attention_context(&probs, &v)?;
         let att = mode.dropout(
             &self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?,
             self.dropout,

@@ -20,7 +20,6 @@ struct Attention {
     v: Linear,
     o: Linear,
     heads: usize,
-    d_kv: usize,
 }
 
 impl Attention {
@@ -32,15 +31,7 @@ impl Attention {
             v: Linear::load_no_bias(vb.pp("v"), inner, c.d_model)?,
             o: Linear::load_no_bias(vb.pp("o"), c.d_model, inner)?,
             heads: c.num_heads,
-            d_kv: c.d_kv,
         })
-    }
-
-    /// `[B, S, H·d_kv]` → `[B, H, S, d_kv]` (a strided view: [`ops::head_matmul`] reads it
-    /// in place).
-    fn split(&self, t: Tensor) -> candle_core::Result<Tensor> {
-        let (b, s, _) = t.dims3()?;
-        t.reshape((b, s, self.heads, self.d_kv))?.transpose(1, 2)
     }
 
     /// `lin(x)` plus the LoRA update of `target` where `lora` has one (self-attention q/v).
@@ -63,15 +54,16 @@ impl Attention {
         }
     }
 
-    /// Keys and values `[B, H, Sk, d_kv]` of `kv [B,Sk,D]` (what a key/value cache holds).
+    /// Keys and values `[B, Sk, H·d_kv]` of `kv [B,Sk,D]` (what a key/value cache holds;
+    /// [`ops::attention_scores`] / [`ops::attention_context`] read them per head in place).
     fn keys_values(
         &self,
         kv: &Tensor,
         lora: Option<&LayerPetl>,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
-            self.split(self.k.forward(kv)?)?,
-            self.split(Self::proj(&self.v, kv, lora, LoraTarget::V)?)?,
+            self.k.forward(kv)?,
+            Self::proj(&self.v, kv, lora, LoraTarget::V)?,
         ))
     }
 
@@ -90,7 +82,7 @@ impl Attention {
         self.attend(x, &k, &v, bias, lora, drop)
     }
 
-    /// `x [B,Sq,D]` attends to projected keys and values `[B, H, Sk, d_kv]`.
+    /// `x [B,Sq,D]` attends to projected keys and values `[B, Sk, H·d_kv]`.
     fn attend(
         &self,
         x: &Tensor,
@@ -100,16 +92,11 @@ impl Attention {
         lora: Option<&LayerPetl>,
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
-        let (b, sq, _) = x.dims3()?;
-        let q = self.split(Self::proj(&self.q, x, lora, LoraTarget::Q)?)?;
+        let q = Self::proj(&self.q, x, lora, LoraTarget::Q)?;
         // T5 does not scale scores by 1/sqrt(d_kv); the position bias + padding mask is frozen
-        let scores = ops::head_matmul(&q, &k.transpose(2, 3)?)?;
+        let scores = ops::attention_scores(&q, k, self.heads)?;
         let probs = drop.apply(&ops::attention_softmax(&scores, 1.0, bias)?)?;
-        let ctx = ops::head_matmul(&probs, v)?.transpose(1, 2)?.reshape((
-            b,
-            sq,
-            self.heads * self.d_kv,
-        ))?;
+        let ctx = ops::attention_context(&probs, v)?;
         self.o.forward(&ctx)
     }
 }
@@ -222,7 +209,7 @@ impl T5Block {
         }
     }
 
-    /// Cross-attention keys and values `[B, H, S, d_kv]` of the encoder output (computed once
+    /// Cross-attention keys and values `[B, S, H·d_kv]` of the encoder output (computed once
     /// per input by generation). Errors on an encoder block.
     pub(crate) fn cross_keys_values(
         &self,
@@ -237,8 +224,8 @@ impl T5Block {
     }
 
     /// One decoder step with a key/value cache: `h [B,1,D]` is the newest position; its
-    /// self-attention keys and values are appended to `cache.self_kv` (`[B, H, t, d_kv]` →
-    /// `[B, H, t+1, d_kv]`) and it attends to all of them with `bias [1, H, 1, t+1]` (no causal
+    /// self-attention keys and values are appended to `cache.self_kv` (`[B, t, H·d_kv]` →
+    /// `[B, t+1, H·d_kv]`) and it attends to all of them with `bias [1, H, 1, t+1]` (no causal
     /// mask needed: only past positions are cached); cross-attention uses the cached encoder
     /// keys and values with `enc_bias [B, 1, 1, S]`. The same ops as [`forward`](Self::forward)
     /// on the last position.
@@ -259,7 +246,7 @@ impl T5Block {
         let n = ops::frozen_rms_norm(h, &self.self_norm, self.eps)?;
         let (k, v) = self.self_attn.keys_values(&n, Some(petl))?;
         let (k, v) = match cache.self_kv.take() {
-            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 2)?, Tensor::cat(&[&v0, &v], 2)?),
+            Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 1)?, Tensor::cat(&[&v0, &v], 1)?),
             None => (k, v),
         };
         let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias, Some(petl), drop)?)?;
