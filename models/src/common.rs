@@ -239,6 +239,18 @@ impl Linear {
             ops::frozen_linear(x, &self.weight, self.bias.as_ref())
         }
     }
+
+    /// `x (W + ΔW)ᵀ + b` for a frozen `W` and a weight delta `[out, in]` (a LoRA pair folded
+    /// at inference, `LayerPetl::merged_lora`): one product instead of the layer's plus two
+    /// low-rank ones and an addition.
+    pub fn forward_with_delta(&self, x: &Tensor, delta: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = self.weight.add(delta)?;
+        if self.weight.is_variable() {
+            ops::linear(x, &weight, self.bias.as_ref())
+        } else {
+            ops::frozen_linear(x, &weight, self.bias.as_ref())
+        }
+    }
 }
 
 /// The additive form of an attention mask `[B, S]` (1 attend, 0 padding): 0 where attended,

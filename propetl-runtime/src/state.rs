@@ -211,7 +211,8 @@ impl PetlState {
     }
 
     /// Freeze masks and materialize dense per-layer modules once per task (method page §7):
-    /// `D ⊙ M`, `U ⊙ M` per layer, LoRA factors masked, the prefix MLP evaluated once.
+    /// `D ⊙ M`, `U ⊙ M` per layer, LoRA factors masked and folded into one weight delta per
+    /// projection ([`LayerPetl::merged_lora`]), the prefix MLP evaluated once.
     /// Contexts are then served from a cache (no top-k, no MLP, no graph).
     pub fn materialize(&mut self) -> Result<()> {
         if !self.is_frozen() {
@@ -316,7 +317,7 @@ impl PetlState {
         }
         let ctx = self.build_context(task)?;
         if self.is_materialized {
-            let ctx = ctx.detached()?;
+            let ctx = ctx.for_inference()?;
             self.materialized
                 .lock()
                 .expect("lock")
@@ -378,6 +379,7 @@ impl PetlState {
                             a,
                             b,
                             scale,
+                            merged_weight: None,
                         });
                     }
                     layers.push(LayerPetl::Lora(parts));
@@ -510,39 +512,44 @@ impl PetlContext {
         self.layers.is_empty()
     }
 
-    fn detached(&self) -> Result<Self> {
+    /// The context of a materialized state: every tensor detached (no graph), and each LoRA
+    /// pair also folded into one weight delta ([`LoraModule::merged_weight`]).
+    fn for_inference(&self) -> Result<Self> {
         let d = |t: &Tensor| t.detach();
-        Ok(Self {
-            layers: self
-                .layers
-                .iter()
-                .map(|l| match l {
-                    LayerPetl::Adapter(a) => LayerPetl::Adapter(AdapterModule {
-                        down_weight: d(&a.down_weight),
-                        down_bias: d(&a.down_bias),
-                        up_weight: d(&a.up_weight),
-                        up_bias: d(&a.up_bias),
-                        activation: a.activation,
-                    }),
-                    LayerPetl::Lora(parts) => LayerPetl::Lora(
-                        parts
-                            .iter()
-                            .map(|p| LoraModule {
+        let layer = |l: &LayerPetl| -> Result<LayerPetl> {
+            Ok(match l {
+                LayerPetl::Adapter(a) => LayerPetl::Adapter(AdapterModule {
+                    down_weight: d(&a.down_weight),
+                    down_bias: d(&a.down_bias),
+                    up_weight: d(&a.up_weight),
+                    up_bias: d(&a.up_bias),
+                    activation: a.activation,
+                }),
+                LayerPetl::Lora(parts) => LayerPetl::Lora(
+                    parts
+                        .iter()
+                        .map(|p| -> Result<LoraModule> {
+                            let (a, b) = (d(&p.a), d(&p.b));
+                            Ok(LoraModule {
                                 target: p.target,
-                                a: d(&p.a),
-                                b: d(&p.b),
+                                merged_weight: Some((b.matmul(&a)? * p.scale)?),
+                                a,
+                                b,
                                 scale: p.scale,
                             })
-                            .collect(),
-                    ),
-                    LayerPetl::Prefix(p) => LayerPetl::Prefix(PrefixModule {
-                        keys: d(&p.keys),
-                        values: d(&p.values),
-                        length: p.length,
-                    }),
-                    LayerPetl::Identity => LayerPetl::Identity,
-                })
-                .collect(),
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                LayerPetl::Prefix(p) => LayerPetl::Prefix(PrefixModule {
+                    keys: d(&p.keys),
+                    values: d(&p.values),
+                    length: p.length,
+                }),
+                LayerPetl::Identity => LayerPetl::Identity,
+            })
+        };
+        Ok(Self {
+            layers: self.layers.iter().map(layer).collect::<Result<_>>()?,
         })
     }
 }
@@ -573,6 +580,11 @@ pub struct LoraModule {
     pub b: Tensor,
     /// `α / r`.
     pub scale: f64,
+    /// `(α/r)·B·A`, `[H_out, H]`: the update folded into one weight delta. Set in the
+    /// contexts of a materialized state (inference), where a projection then runs as one
+    /// product with `W + ΔW` instead of adding two low-rank products to its output
+    /// ([`LayerPetl::merged_lora`]); `None` while training.
+    pub merged_weight: Option<Tensor>,
 }
 
 /// The masked prefix of one layer.
@@ -623,6 +635,19 @@ impl LayerPetl {
                 None => Ok(None),
             },
             _ => Ok(None),
+        }
+    }
+
+    /// The folded LoRA update `(α/r)·B·A` of `target` (`[H_out, H]`, add it to the frozen
+    /// projection's weight) when this layer's context comes from a materialized state;
+    /// `None` while training or where there is no LoRA pair — then use [`lora_delta`](Self::lora_delta).
+    pub fn merged_lora(&self, target: LoraTarget) -> Option<&Tensor> {
+        match self {
+            LayerPetl::Lora(parts) => parts
+                .iter()
+                .find(|p| p.target == target)
+                .and_then(|p| p.merged_weight.as_ref()),
+            _ => None,
         }
     }
 

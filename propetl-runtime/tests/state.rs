@@ -243,6 +243,48 @@ fn frozen_and_materialized_contexts_equal_training_outputs() {
     }
 }
 
+#[test]
+fn materialized_lora_pairs_fold_into_one_weight_delta() {
+    for cfg in all_configs()
+        .into_iter()
+        .filter(|c| matches!(c.method, Method::Lora { .. }))
+    {
+        let (mut state, _, base, x) = setup(&cfg, 17);
+        // while training the pair stays two low-rank products (gradients reach A and B)
+        let training = state.context("rte").unwrap();
+        assert!(training.layer(0).merged_lora(LoraTarget::Q).is_none());
+        state.materialize().unwrap();
+        let ctx = state.context("rte").unwrap();
+        for (l, w) in base.iter().enumerate() {
+            let layer = ctx.layer(l);
+            for target in [LoraTarget::Q, LoraTarget::V] {
+                let delta = layer.merged_lora(target).expect("a folded delta");
+                assert_eq!(delta.dims(), &[16, 16]);
+                // x (W + ΔW)ᵀ = x Wᵀ + (α/r)(x Aᵀ) Bᵀ
+                let folded = ops::linear(&x, &(w + delta).unwrap(), None).unwrap();
+                let pair = (ops::linear(&x, w, None).unwrap()
+                    + layer.lora_delta(target, &x).unwrap().unwrap())
+                .unwrap();
+                let diff = (folded - pair)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-5, "{} layer {l}: {diff}", cfg.describe());
+            }
+            // no LoRA pair on K in these configurations
+            assert!(layer.merged_lora(LoraTarget::K).is_none());
+        }
+        // training again: unfolded
+        state.unfreeze().unwrap();
+        let again = state.context("rte").unwrap();
+        assert!(again.layer(0).merged_lora(LoraTarget::Q).is_none());
+    }
+}
+
 fn head() -> BTreeMap<String, Tensor> {
     BTreeMap::from([(
         "head.out_proj.weight".to_string(),

@@ -157,6 +157,9 @@ impl RobertaLayer {
         petl: &LayerPetl,
         target: LoraTarget,
     ) -> candle_core::Result<Tensor> {
+        if let Some(delta) = petl.merged_lora(target) {
+            return lin.forward_with_delta(x, delta);
+        }
         let y = lin.forward(x)?;
         match petl
             .lora_delta(target, x)

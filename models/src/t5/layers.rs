@@ -41,6 +41,9 @@ impl Attention {
         lora: Option<&LayerPetl>,
         target: LoraTarget,
     ) -> candle_core::Result<Tensor> {
+        if let Some(delta) = lora.and_then(|petl| petl.merged_lora(target)) {
+            return lin.forward_with_delta(x, delta);
+        }
         let y = lin.forward(x)?;
         let delta = match lora {
             Some(petl) => petl
