@@ -159,6 +159,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
     let y = match bias {
+        Some(b) if crate::fused::applies(&y) && crate::fused::applies(b) && b.rank() == 1 => {
+            y.apply_op2(&b.contiguous()?, crate::fused::BiasAdd)?
+        }
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
@@ -454,6 +457,52 @@ mod tests {
         assert!(max_diff(&f64_ctx.to_dtype(DType::F32)?, &ours) < 1e-5);
         // a head count that does not divide the width is an error, not a panic
         assert!(attention_scores(q.as_tensor(), k.as_tensor(), 5).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn linear_bias_gradient_is_a_blocked_column_sum_independent_of_threads() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(9);
+        // 150 rows: three blocks of the column sum, the last one partial
+        let (rows, inp, out) = (150, 12, 7);
+        let x = Var::from_tensor(&rng.normal((3, rows / 3, inp), 1.0, &dev)?)?;
+        let w = Var::from_tensor(&rng.normal((out, inp), 0.5, &dev)?)?;
+        let b = Var::from_tensor(&rng.normal(out, 0.5, &dev)?)?;
+        let target = rng.normal((3, rows / 3, out), 1.0, &dev)?;
+        let grads_of = |y: Tensor| y.mul(&target)?.sum_all()?.backward();
+        let ours = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
+        let plain = x
+            .as_tensor()
+            .reshape((rows, inp))?
+            .matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?
+            .reshape((3, rows / 3, out))?;
+        assert!(max_diff(&ours, &plain) < 1e-6);
+        let (g1, g2) = (grads_of(ours)?, grads_of(plain)?);
+        for var in [&x, &w, &b] {
+            let (a, c) = (g1.get(var.as_tensor()), g2.get(var.as_tensor()));
+            let (a, c) = (a.expect("gradient"), c.expect("gradient"));
+            assert!(max_diff(a, c) < 1e-4, "{}", max_diff(a, c));
+        }
+        // the bias gradient has the same bits on one thread as on the pool
+        let bias_grad = || -> Result<Vec<f32>> {
+            let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
+            grads_of(y)?
+                .get(b.as_tensor())
+                .expect("gradient")
+                .to_vec1::<f32>()
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a pool")
+            .install(bias_grad)?;
+        assert_eq!(one, bias_grad()?);
+        // a frozen bias gets no gradient; the input still does
+        let frozen = b.as_tensor().detach();
+        let g = grads_of(linear(x.as_tensor(), w.as_tensor(), Some(&frozen))?)?;
+        assert!(g.get(&frozen).is_none() && g.get(x.as_tensor()).is_some());
         Ok(())
     }
 
