@@ -112,6 +112,14 @@ fn setup(cfg: &PetlConfig, seed: u64) -> (PetlState, VarMap, Vec<Tensor>, Tensor
     (state, vm, base, x)
 }
 
+/// The largest absolute value of `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f32>())
+        .unwrap()
+}
+
 fn target(dev: &Device) -> Tensor {
     PetlRng::seed(99).normal((2, 5, 16), 1.0, dev).unwrap()
 }
@@ -265,14 +273,7 @@ fn materialized_lora_pairs_fold_into_one_weight_delta() {
                 let pair = (ops::linear(&x, w, None).unwrap()
                     + layer.lora_delta(target, &x).unwrap().unwrap())
                 .unwrap();
-                let diff = (folded - pair)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs(&(folded - pair).unwrap());
                 assert!(diff < 1e-5, "{} layer {l}: {diff}", cfg.describe());
             }
             // no LoRA pair on K in these configurations
@@ -513,14 +514,7 @@ fn scores_are_kaiming_uniform_of_their_shape() {
     let (state, _, _, _) = setup(&cfg, 19);
     for (name, v) in state.score_vars() {
         let fan_in = v.dims()[1] as f32;
-        let max = v
-            .as_tensor()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max = max_abs(v.as_tensor());
         assert!(max <= 1.0 / fan_in.sqrt(), "{name}");
         assert!(max > 0.5 / fan_in.sqrt(), "{name}");
     }
