@@ -105,11 +105,16 @@ pub fn attention_scores(queries: &Tensor, keys: &Tensor, heads: usize) -> Result
             },
         );
     }
-    let split = |t: &Tensor| -> Result<Tensor> {
-        let (b, s, hd) = t.dims3()?;
-        t.reshape((b, s, heads, hd / heads))?.transpose(1, 2)
-    };
-    head_matmul(&split(queries)?, &split(keys)?.transpose(2, 3)?)
+    head_matmul(
+        &split_heads(queries, heads)?,
+        &split_heads(keys, heads)?.transpose(2, 3)?,
+    )
+}
+
+/// `[B, S, H·d]` → the strided view `[B, H, S, d]` (the composed attention path).
+fn split_heads(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, hd) = t.dims3()?;
+    t.reshape((b, s, heads, hd / heads))?.transpose(1, 2)
 }
 
 /// Attention context `P·V` with the heads merged back, `[B, S, H·d]`, of `probs [B, H, S, T]`
@@ -127,10 +132,8 @@ pub fn attention_context(probs: &Tensor, values: &Tensor) -> Result<Tensor> {
             },
         );
     }
-    let (b, t, hd) = values.dims3()?;
-    let v = values.reshape((b, t, heads, hd / heads))?.transpose(1, 2)?;
-    let ctx = head_matmul(probs, &v)?;
-    let (_, _, s, d) = ctx.dims4()?;
+    let ctx = head_matmul(probs, &split_heads(values, heads)?)?;
+    let (b, _, s, d) = ctx.dims4()?;
     ctx.transpose(1, 2)?.reshape((b, s, heads * d))
 }
 
