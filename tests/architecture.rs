@@ -260,3 +260,120 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
         let _: &Tensor = &batch.input_ids;
     }
 }
+
+/// `logits` (the last layer run for the first position only, what training and `predict`
+/// use) gives the logits of the full forward pass, and the same gradient for every trainable
+/// tensor, with padding, prefix keys, LoRA and trainable backbone weights in the last layer.
+#[test]
+fn first_position_logits_match_the_full_forward_with_gradients() {
+    let dev = Device::Cpu;
+    let rob = Checkpoint::open(fixtures().join("tiny-roberta"), &dev).unwrap();
+    let ids = Tensor::new(&[[0u32, 31, 87, 112, 2], [0, 45, 2, 1, 1]], &dev).unwrap();
+    let attention_mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &dev).unwrap();
+    fn check(
+        name: &str,
+        trainables: Vec<Trainable>,
+        full: (Tensor, Tensor),
+        first: Tensor,
+        full_again: Tensor,
+    ) {
+        let (hidden, full) = full;
+        assert_eq!(hidden.dims(), &[2, 5, hidden.dim(2).unwrap()], "{name}");
+        let max_abs = |a: &Tensor, b: &Tensor| -> f32 {
+            a.sub(b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(max_abs(&full, &first) < 1e-5, "{name}: logits differ");
+        // gradients of a loss that weighs every logit differently
+        let weights = Tensor::new(&[[1.0f32, -2.0], [0.5, 3.0]], full.device()).unwrap();
+        let loss = |l: &Tensor| l.mul(&weights).unwrap().sum_all().unwrap();
+        let g_full = loss(&full_again).backward().unwrap();
+        let g_first = loss(&first).backward().unwrap();
+        assert!(!trainables.is_empty());
+        for t in &trainables {
+            let a = g_full.get(t.var.as_tensor());
+            let b = g_first.get(t.var.as_tensor());
+            let (a, b) = (
+                a.unwrap_or_else(|| panic!("{name}: no gradient for {}", t.name)),
+                b.unwrap_or_else(|| panic!("{name}: no gradient for {}", t.name)),
+            );
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                max_abs(a, b) <= 1e-4 * scale.max(1e-3),
+                "{name}: gradient of {} differs",
+                t.name
+            );
+        }
+    }
+    macro_rules! pro_model {
+        ($ty:ty, $name:expr) => {{
+            let model = <$ty>::from_checkpoint(
+                &rob,
+                TWO_CLASSES,
+                &NumericOverrides::default(),
+                &VarMap::new(),
+                &mut PetlRng::seed(3),
+            )
+            .unwrap();
+            // LoRA's B starts at zero: move it off zero so its path carries a gradient
+            let mut rng = PetlRng::seed(9);
+            for t in model.trainables() {
+                if t.name.ends_with(".B") {
+                    t.var
+                        .set(&rng.normal(t.var.dims(), 0.02, &dev).unwrap())
+                        .unwrap();
+                }
+            }
+            let run = |first: bool| {
+                if first {
+                    model
+                        .logits(&ids, &attention_mask, "default", &mut ForwardMode::Eval)
+                        .unwrap()
+                } else {
+                    model
+                        .forward(&ids, &attention_mask, "default", &mut ForwardMode::Eval)
+                        .unwrap()
+                        .1
+                }
+            };
+            let full = model
+                .forward(&ids, &attention_mask, "default", &mut ForwardMode::Eval)
+                .unwrap();
+            check($name, model.trainables(), full, run(true), run(false));
+        }};
+    }
+    pro_model!(roberta::RobertaProAdapter, "pro_adapter");
+    pro_model!(roberta::RobertaProLora, "pro_lora");
+    pro_model!(roberta::RobertaProPrefix, "pro_prefix");
+    pro_model!(roberta::RobertaPrefix, "prefix");
+    let model = roberta::RobertaFull::from_checkpoint(
+        &rob,
+        TWO_CLASSES,
+        &VarMap::new(),
+        &mut PetlRng::seed(3),
+    )
+    .unwrap();
+    let full = model
+        .forward(&ids, &attention_mask, &mut ForwardMode::Eval)
+        .unwrap();
+    let first = model
+        .logits(&ids, &attention_mask, &mut ForwardMode::Eval)
+        .unwrap();
+    let again = model
+        .forward(&ids, &attention_mask, &mut ForwardMode::Eval)
+        .unwrap()
+        .1;
+    check("full", model.trainables(), full, first, again);
+}

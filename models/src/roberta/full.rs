@@ -20,7 +20,7 @@ use propetl_runtime::{
 use super::checkpoint::{hf_tensors, Checkpoint};
 use super::config::RobertaConfig;
 use super::head::ClassificationHead;
-use super::layers::{encode, load_layers, Backbone, RobertaLayer};
+use super::layers::{encode, load_layers, Backbone, HiddenRows, RobertaLayer};
 use crate::error::{ModelError, Result};
 
 /// A RoBERTa / BERT encoder whose every weight trains, with a classification / regression
@@ -89,24 +89,47 @@ impl RobertaFull {
         })
     }
 
-    /// Last hidden state and logits `[B, C]`.
+    /// Last hidden state `[B, S, H]` and logits `[B, C]`.
     pub fn forward(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
         mode: &mut ForwardMode,
     ) -> Result<(Tensor, Tensor)> {
+        let h = self.encode(ids, attention_mask, mode, HiddenRows::All)?;
+        let logits = self.head.forward(&h, mode)?;
+        Ok((h, logits))
+    }
+
+    /// Logits `[B, C]` alone: the same values as [`Self::forward`]'s, with the last layer
+    /// computed for the first position only (what training, `eval` and `predict` run).
+    pub fn logits(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: &mut ForwardMode,
+    ) -> Result<Tensor> {
+        let h = self.encode(ids, attention_mask, mode, HiddenRows::First)?;
+        Ok(self.head.forward(&h, mode)?)
+    }
+
+    fn encode(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: &mut ForwardMode,
+        rows: HiddenRows,
+    ) -> Result<Tensor> {
         let ctx = PetlContext::identity(self.layers.len());
-        let h = encode(
+        encode(
             &self.backbone,
             &self.layers,
             &ctx,
             ids,
             attention_mask,
             mode,
-        )?;
-        let logits = self.head.forward(&h, mode)?;
-        Ok((h, logits))
+            rows,
+        )
     }
 
     /// The backbone config.
@@ -183,26 +206,23 @@ impl TaskModel for RobertaFull {
         )
     }
     fn loss(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
-        let (_, logits) = self
-            .forward(&batch.input_ids, &batch.attention_mask, mode)
+        let logits = RobertaFull::logits(self, &batch.input_ids, &batch.attention_mask, mode)
             .map_err(ModelError::into_petl)?;
         task_loss(self.head.kind, &logits, &batch.labels)
     }
     fn predict(&self, batch: &Batch) -> propetl_runtime::Result<Vec<Prediction>> {
-        let (_, logits) = self
-            .forward(
-                &batch.input_ids,
-                &batch.attention_mask,
-                &mut ForwardMode::Eval,
-            )
-            .map_err(ModelError::into_petl)?;
+        let logits = RobertaFull::logits(
+            self,
+            &batch.input_ids,
+            &batch.attention_mask,
+            &mut ForwardMode::Eval,
+        )
+        .map_err(ModelError::into_petl)?;
         predictions_from_logits(self.head.kind, &logits)
     }
     fn logits(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
-        Ok(self
-            .forward(&batch.input_ids, &batch.attention_mask, mode)
-            .map_err(ModelError::into_petl)?
-            .1)
+        RobertaFull::logits(self, &batch.input_ids, &batch.attention_mask, mode)
+            .map_err(ModelError::into_petl)
     }
     fn hidden_states(&self, batch: &Batch) -> propetl_runtime::Result<Tensor> {
         Ok(self

@@ -13,7 +13,7 @@ use propetl_runtime::{
 use super::checkpoint::Checkpoint;
 use super::config::RobertaConfig;
 use super::head::ClassificationHead;
-use super::layers::{encode, load_layers, Backbone, RobertaLayer};
+use super::layers::{encode, load_layers, Backbone, HiddenRows, RobertaLayer};
 use crate::error::{ModelError, Result};
 
 /// Construction shared by the six variant types (what the variant table dispatches to).
@@ -48,12 +48,21 @@ macro_rules! roberta_variant {
                 <Self as FromCheckpoint>::from_checkpoint(ckpt, kind, overrides, varmap, rng)
             }
 
-            /// Last hidden state and logits `[B, C]`.
+            /// Last hidden state `[B, S, H]` and logits `[B, C]`.
             pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<(Tensor, Tensor)> {
                 let ctx = self.petl_context(task)?;
-                let h = encode(&self.backbone, &self.layers, &ctx, ids, attention_mask, mode)?;
+                let h = encode(&self.backbone, &self.layers, &ctx, ids, attention_mask, mode, HiddenRows::All)?;
                 let logits = self.head.forward(&h, mode)?;
                 Ok((h, logits))
+            }
+
+            /// Logits `[B, C]` alone: the same values as [`Self::forward`]'s, with the last
+            /// layer computed for the first position only (what training, `eval` and
+            /// `predict` run).
+            pub fn logits(&self, ids: &Tensor, attention_mask: &Tensor, task: &str, mode: &mut ForwardMode) -> Result<Tensor> {
+                let ctx = self.petl_context(task)?;
+                let h = encode(&self.backbone, &self.layers, &ctx, ids, attention_mask, mode, HiddenRows::First)?;
+                Ok(self.head.forward(&h, mode)?)
             }
 
             /// The backbone config.
@@ -80,19 +89,19 @@ macro_rules! roberta_variant {
                 collate_labeled(examples, self.head.kind, max_len, self.backbone.config.pad_token_id as u32, task, self.petl.device())
             }
             fn loss(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
-                let (_, logits) = self.forward(&batch.input_ids, &batch.attention_mask, &batch.task, mode).map_err(ModelError::into_petl)?;
+                let logits = $name::logits(self, &batch.input_ids, &batch.attention_mask, &batch.task, mode).map_err(ModelError::into_petl)?;
                 task_loss(self.head.kind, &logits, &batch.labels)
             }
             fn predict(&self, batch: &Batch) -> propetl_runtime::Result<Vec<Prediction>> {
-                let (_, logits) = self.forward(&batch.input_ids, &batch.attention_mask, &batch.task, &mut ForwardMode::Eval).map_err(ModelError::into_petl)?;
+                let logits = $name::logits(self, &batch.input_ids, &batch.attention_mask, &batch.task, &mut ForwardMode::Eval).map_err(ModelError::into_petl)?;
                 predictions_from_logits(self.head.kind, &logits)
             }
             fn logits(&self, batch: &Batch, mode: &mut ForwardMode) -> propetl_runtime::Result<Tensor> {
-                Ok(self.forward(&batch.input_ids, &batch.attention_mask, &batch.task, mode).map_err(ModelError::into_petl)?.1)
+                $name::logits(self, &batch.input_ids, &batch.attention_mask, &batch.task, mode).map_err(ModelError::into_petl)
             }
             fn hidden_states(&self, batch: &Batch) -> propetl_runtime::Result<Tensor> {
                 let ctx = self.petl_context(&batch.task)?;
-                encode(&self.backbone, &self.layers, &ctx, &batch.input_ids, &batch.attention_mask, &mut ForwardMode::Eval).map_err(ModelError::into_petl)
+                encode(&self.backbone, &self.layers, &ctx, &batch.input_ids, &batch.attention_mask, &mut ForwardMode::Eval, HiddenRows::All).map_err(ModelError::into_petl)
             }
             fn head_trainables(&self) -> Vec<Trainable> {
                 self.head.trainables()
