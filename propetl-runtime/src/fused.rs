@@ -6,6 +6,7 @@
 //! the composed formulations off the CPU or for non-f32 tensors, and are tested against those
 //! formulations.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
@@ -43,10 +44,12 @@ fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], term: impl Fn(f32, f32, f32) -> f6
             acc[j] += term(block_a[j], block_b[j], block_c[j]);
         }
     }
-    let tail: f64 = (tail_a.iter().zip(tail_b).zip(tail_c))
-        .map(|((&x, &y), &z)| term(x, y, z))
-        .sum();
-    acc.iter().sum::<f64>() + tail
+    // the tail goes into the lanes its positions belong to, so a row with trailing zero
+    // terms (attention over padding) sums to exactly what the shorter row does
+    for (j, ((&x, &y), &z)) in tail_a.iter().zip(tail_b).zip(tail_c).enumerate() {
+        acc[j] += term(x, y, z);
+    }
+    acc.iter().sum::<f64>()
 }
 
 /// `Σ term(a[i])`, as [`lane_sum3`].
@@ -63,13 +66,21 @@ fn lane_sum2(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f64) -> f64 {
 
 /// `f(out_row, row)` over the rows of `n` elements of `x`, in parallel: the row loop of the
 /// fused row-wise kernels.
-fn map_rows(x: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(n)
-        .zip(x.par_chunks(n))
-        .with_min_len(MIN_ROWS)
-        .for_each(|(o, r)| f(o, r));
-    out
+/// `f` must write every element of its output row.
+fn map_rows(
+    x: &[f32],
+    n: usize,
+    f: impl Fn(&mut [MaybeUninit<f32>], &[f32]) + Sync + Send,
+) -> Vec<f32> {
+    // SAFETY: the rows of n elements cover the output, and every `f` writes its whole row
+    unsafe {
+        fresh(x.len(), |out| {
+            out.par_chunks_mut(n)
+                .zip(x.par_chunks(n))
+                .with_min_len(MIN_ROWS)
+                .for_each(|(o, r)| f(o, r))
+        })
+    }
 }
 
 /// `f(out_row, a_row, b_row)` over paired rows of `n` elements, in parallel (backward passes:
@@ -78,14 +89,42 @@ fn map_row_pairs(
     a: &[f32],
     b: &[f32],
     n: usize,
-    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync + Send,
+    f: impl Fn(&mut [MaybeUninit<f32>], &[f32], &[f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(n)
-        .zip(a.par_chunks(n).zip(b.par_chunks(n)))
-        .with_min_len(MIN_ROWS)
-        .for_each(|(o, (ra, rb))| f(o, ra, rb));
+    assert_eq!(a.len(), b.len(), "row pairs of unequal lengths");
+    // SAFETY: as in `map_rows`, every `f` writes its whole row
+    unsafe {
+        fresh(a.len(), |out| {
+            out.par_chunks_mut(n)
+                .zip(a.par_chunks(n).zip(b.par_chunks(n)))
+                .with_min_len(MIN_ROWS)
+                .for_each(|(o, (ra, rb))| f(o, ra, rb))
+        })
+    }
+}
+
+/// A fresh `Vec<f32>` of `len` elements written by `fill`, without zero-filling it first
+/// (fresh outputs were ≈2% of a step in `memset`).
+///
+/// # Safety
+/// `fill` must write every element of the slice it gets.
+unsafe fn fresh(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's contract: all `len` elements are initialized
+    unsafe { out.set_len(len) };
     out
+}
+
+/// The slice `o` as initialized floats.
+///
+/// # Safety
+/// Every element of `o` must have been written.
+#[inline(always)]
+unsafe fn assume_init(o: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller guarantees every element
+    // is initialized
+    unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -470,9 +509,9 @@ pub(crate) struct BiasAdd;
 const BIAS_BLOCK_ROWS: usize = 64;
 
 #[multiversion(targets = "simd")]
-fn add_row(o: &mut [f32], r: &[f32], b: &[f32]) {
+fn add_row(o: &mut [MaybeUninit<f32>], r: &[f32], b: &[f32]) {
     for ((o, &r), &b) in o.iter_mut().zip(r).zip(b) {
-        *o = r + b;
+        o.write(r + b);
     }
 }
 
@@ -573,14 +612,15 @@ impl CustomOp1 for Softmax {
     }
 }
 
-/// `o = softmax(r)` (max-subtracted; libm's `expf`, see below).
+/// `o = softmax(r)` (max-subtracted, the vectorizable [`exp`]).
 #[multiversion(targets = "simd")]
-fn softmax_row(o: &mut [f32], r: &[f32]) {
+fn softmax_row(o: &mut [MaybeUninit<f32>], r: &[f32]) {
     let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for (o, &v) in o.iter_mut().zip(r) {
-        *o = (v - max).exp();
+        o.write(exp(v - max));
     }
-    normalize_row(o);
+    // SAFETY: the loop above wrote every element
+    normalize_row(unsafe { assume_init(o) });
 }
 
 /// Divide a row of non-negative values by its (f64) sum.
@@ -592,10 +632,10 @@ fn normalize_row(o: &mut [f32]) {
 
 /// `d = scale · y ⊙ (g − ⟨y, g⟩)`: one row of the softmax input gradient.
 #[multiversion(targets = "simd")]
-fn softmax_backward_row(d: &mut [f32], y: &[f32], g: &[f32], scale: f32) {
+fn softmax_backward_row(d: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32], scale: f32) {
     let dot = lane_sum2(y, g, |a, b| (a * b) as f64) as f32;
     for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-        *d = scale * y * (g - dot);
+        d.write(scale * y * (g - dot));
     }
 }
 
@@ -612,9 +652,10 @@ fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32) -> Result<Tensor> {
     Tensor::from_vec(dx, res.shape(), res.device())
 }
 
-// The softmax kernels keep libm's `expf`: with the polynomial `exp` below, the probabilities
-// of a row came out differently (by an ulp) with another amount of padding in the batch,
-// which breaks "the batch size does not change a prediction".
+// Padding does not change a row's probabilities (so the batch size does not change a
+// prediction): masked positions get exactly 0 from [`exp`], and [`lane_sum3`] adds every
+// position into the same lane whatever the row's length, so trailing zeros leave the sum's
+// bits alone.
 
 /// Attention probabilities `softmax(scale · scores + bias)` over the last dimension, where
 /// `scores` is `[B, H, S, K]` and the frozen `bias` broadcasts to it (each of its first
@@ -647,12 +688,14 @@ impl AttentionSoftmax {
 
 /// `o = softmax(scale · r + c)`.
 #[multiversion(targets = "simd")]
-fn attention_softmax_row(o: &mut [f32], r: &[f32], c: &[f32], scale: f32) {
+fn attention_softmax_row(o: &mut [MaybeUninit<f32>], r: &[f32], c: &[f32], scale: f32) {
     for ((o, &v), &c) in o.iter_mut().zip(r).zip(c) {
-        *o = v * scale + c;
+        o.write(v * scale + c);
     }
+    // SAFETY: the loop above wrote every element
+    let o = unsafe { assume_init(o) };
     let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    o.iter_mut().for_each(|v| *v = (*v - max).exp());
+    o.iter_mut().for_each(|v| *v = exp(*v - max));
     normalize_row(o);
 }
 
@@ -667,16 +710,20 @@ impl CustomOp1 for AttentionSoftmax {
         let [bb, bh, bs] = self.bias_dims;
         let bias = &self.bias;
         let scale = self.scale;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(k)
-            .zip(x.par_chunks(k))
-            .enumerate()
-            .with_min_len(MIN_ROWS)
-            .for_each(|(row, (o, r))| {
-                let (bi, hi, si) = (row / (h * q), (row / q) % h, row % q);
-                let off = (((bi % bb) * bh + hi % bh) * bs + si % bs) * k;
-                attention_softmax_row(o, r, &bias[off..off + k], scale);
-            });
+        // SAFETY: the rows of k elements cover the output and each row kernel writes its row
+        let out = unsafe {
+            fresh(x.len(), |out| {
+                out.par_chunks_mut(k)
+                    .zip(x.par_chunks(k))
+                    .enumerate()
+                    .with_min_len(MIN_ROWS)
+                    .for_each(|(row, (o, r))| {
+                        let (bi, hi, si) = (row / (h * q), (row / q) % h, row % q);
+                        let off = (((bi % bb) * bh + hi % bh) * bs + si % bs) * k;
+                        attention_softmax_row(o, r, &bias[off..off + k], scale);
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -718,16 +765,16 @@ fn row_stats(r: &[f32], eps: f64) -> (f32, f32) {
 
 /// `o = (r − mean) · rstd · w + b`: one row of the LayerNorm forward pass.
 #[multiversion(targets = "simd")]
-fn layer_norm_row(o: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f64) {
+fn layer_norm_row(o: &mut [MaybeUninit<f32>], r: &[f32], w: &[f32], b: &[f32], eps: f64) {
     let (mean, rstd) = row_stats(r, eps);
     for (((o, &v), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
-        *o = (v - mean) * rstd * w + b;
+        o.write((v - mean) * rstd * w + b);
     }
 }
 
 /// One row of the LayerNorm input gradient (see [`FrozenLayerNorm`]).
 #[multiversion(targets = "simd")]
-fn layer_norm_backward_row(d: &mut [f32], r: &[f32], g: &[f32], w: &[f32], eps: f64) {
+fn layer_norm_backward_row(d: &mut [MaybeUninit<f32>], r: &[f32], g: &[f32], w: &[f32], eps: f64) {
     let n = r.len() as f64;
     let (mean, rstd) = row_stats(r, eps);
     // ĝ = g ⊙ w, x̂ = (x − mean) · rstd
@@ -738,7 +785,7 @@ fn layer_norm_backward_row(d: &mut [f32], r: &[f32], g: &[f32], w: &[f32], eps: 
     let (mg, mgx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
     for (((d, &x), &g), &w) in d.iter_mut().zip(r).zip(g).zip(w) {
         let xhat = (x - mean) * rstd;
-        *d = rstd * (g * w - mg - xhat * mgx);
+        d.write(rstd * (g * w - mg - xhat * mgx));
     }
 }
 
@@ -802,21 +849,21 @@ fn row_rms_inverse(r: &[f32], eps: f64) -> f32 {
 
 /// `o = w ⊙ r / rms(r)`: one row of the RMS-norm forward pass.
 #[multiversion(targets = "simd")]
-fn rms_norm_row(o: &mut [f32], r: &[f32], w: &[f32], eps: f64) {
+fn rms_norm_row(o: &mut [MaybeUninit<f32>], r: &[f32], w: &[f32], eps: f64) {
     let inv = row_rms_inverse(r, eps);
     for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
-        *o = w * (v * inv);
+        o.write(w * (v * inv));
     }
 }
 
 /// One row of the RMS-norm input gradient (see [`FrozenRmsNorm`]).
 #[multiversion(targets = "simd")]
-fn rms_norm_backward_row(d: &mut [f32], r: &[f32], g: &[f32], w: &[f32], eps: f64) {
+fn rms_norm_backward_row(d: &mut [MaybeUninit<f32>], r: &[f32], g: &[f32], w: &[f32], eps: f64) {
     let inv = row_rms_inverse(r, eps);
     let sum_gwx = lane_sum3(g, w, r, |g, w, x| (g * w) as f64 * x as f64);
     let c = (sum_gwx / r.len() as f64) as f32 * inv * inv * inv;
     for (((d, &x), &g), &w) in d.iter_mut().zip(r).zip(g).zip(w) {
-        *d = inv * g * w - x * c;
+        d.write(inv * g * w - x * c);
     }
 }
 
@@ -892,20 +939,26 @@ impl Dropout {
     }
 
     fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
         let scale = self.scale;
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(self.kept.par_chunks(CHUNK)))
-            .for_each(|(o, (r, k))| dropout_block(o, r, k, scale));
-        out
+        assert_eq!(x.len(), self.kept.len(), "dropout: one flag per element");
+        assert_eq!(x.len(), self.kept.len(), "dropout: one flag per element");
+        // SAFETY: the chunks cover the output and `dropout_block` writes each whole (`kept`
+        // has one flag per element)
+        unsafe {
+            fresh(x.len(), |out| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK).zip(self.kept.par_chunks(CHUNK)))
+                    .for_each(|(o, (r, k))| dropout_block(o, r, k, scale))
+            })
+        }
     }
 }
 
 /// `o = r · scale` where kept, 0 elsewhere.
 #[multiversion(targets = "simd")]
-fn dropout_block(o: &mut [f32], r: &[f32], kept: &[bool], scale: f32) {
+fn dropout_block(o: &mut [MaybeUninit<f32>], r: &[f32], kept: &[bool], scale: f32) {
     for ((o, &v), &k) in o.iter_mut().zip(r).zip(kept) {
-        *o = if k { v * scale } else { 0.0 };
+        o.write(if k { v * scale } else { 0.0 });
     }
 }
 
@@ -1061,19 +1114,19 @@ fn erf(x: f32) -> f32 {
 
 /// `o = x · Φ(x)`.
 #[multiversion(targets = "simd")]
-fn gelu_block(o: &mut [f32], x: &[f32]) {
+fn gelu_block(o: &mut [MaybeUninit<f32>], x: &[f32]) {
     for (o, &v) in o.iter_mut().zip(x) {
-        *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        o.write(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
     }
 }
 
 /// `d = g · (Φ(x) + x · φ(x))`, the GELU input gradient.
 #[multiversion(targets = "simd")]
-fn gelu_backward_block(d: &mut [f32], x: &[f32], g: &[f32]) {
+fn gelu_backward_block(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32]) {
     let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
         let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-        *d = g * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi);
+        d.write(g * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi));
     }
 }
 
@@ -1089,21 +1142,32 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, r)| gelu_block(o, r));
+        // SAFETY: the chunks cover the output and `gelu_block` writes each whole
+        let out = unsafe {
+            fresh(x.len(), |out| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(o, r)| gelu_block(o, r))
+            })
+        };
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(d, (r, gr))| gelu_backward_block(d, r, gr));
-                Ok(dx)
+                if g.len() != x.len() {
+                    candle_core::bail!("gelu-erf backward: a gradient of another shape")
+                }
+                // SAFETY: the chunks cover the output and `gelu_backward_block` writes each
+                // whole (`g` has x's length, checked above)
+                Ok(unsafe {
+                    fresh(x.len(), |dx| {
+                        dx.par_chunks_mut(CHUNK)
+                            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                            .for_each(|(d, (r, gr))| gelu_backward_block(d, r, gr))
+                    })
+                })
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
@@ -1112,6 +1176,43 @@ impl CustomOp1 for GeluErf {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::{Device, Tensor};
+
+    /// Padding does not change a row's attention probabilities by a single bit: the first 37
+    /// entries of a row are the same whether 0 or up to 40 masked positions follow (the
+    /// lane sums and the vectorized `exp` see the padding as exact zeros).
+    #[test]
+    fn attention_probabilities_do_not_depend_on_padding() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let real = 37;
+        let row: Vec<f32> = (0..real + 40)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.21)
+            .collect();
+        let probs = |len: usize| -> candle_core::Result<Vec<f32>> {
+            let scores = Tensor::from_vec(row[..len].to_vec(), (1, 1, 1, len), &dev)?;
+            let bias: Vec<f32> = (0..len)
+                .map(|i| if i < real { 0.0 } else { -1e9 })
+                .collect();
+            let bias = Tensor::from_vec(bias, (1, 1, 1, len), &dev)?;
+            let p = crate::ops::attention_softmax(&scores, 0.125, &bias)?;
+            Ok(p.flatten_all()?.to_vec1::<f32>()?[..real].to_vec())
+        };
+        let unpadded = probs(real)?;
+        let total: f32 = unpadded.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        for len in real + 1..=real + 40 {
+            let padded = probs(len)?;
+            assert!(
+                padded
+                    .iter()
+                    .zip(&unpadded)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{len}"
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn erf_is_within_its_bound_of_libm() {
         let mut worst = 0f32;
