@@ -587,6 +587,79 @@ impl candle_core::CustomOp2 for BiasAdd {
     }
 }
 
+/// `[prefix; x]` per sequence: a `[P, H]` prefix (keys or values, shared by the batch) in
+/// front of each `x [B, S, H]`, giving `[B, P + S, H]`. Replaces Candle's `cat` of the
+/// prefix broadcast over the batch (a strided copy forward; a narrow, a padded gradient and a
+/// strided batch reduction backward): forward one copy per row, backward one copy for `x` and
+/// a sum over the batch for the prefix (fixed order, the same bits on any thread count).
+pub(crate) struct PrefixCat;
+
+impl candle_core::CustomOp2 for PrefixCat {
+    fn name(&self) -> &'static str {
+        "prefix-cat"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (prefix, x) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (p, h) = l1.shape().dims2()?;
+        let (b, s, hx) = l2.shape().dims3()?;
+        if hx != h {
+            candle_core::bail!("prefix-cat: a prefix of width {h} for rows of {hx}")
+        }
+        let per_seq = (p + s) * h;
+        let mut out = Vec::with_capacity(b * per_seq);
+        for seq in 0..b {
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(&x[seq * s * h..(seq + 1) * s * h]);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, p + s, h))))
+    }
+
+    fn bwd(
+        &self,
+        prefix: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (p, h) = prefix.dims2()?;
+        let (b, s, _) = x.dims3()?;
+        let per_seq = (p + s) * h;
+        let (dprefix, dx) = with_f32(grad, |g| {
+            let dprefix = prefix.track_op().then(|| {
+                let mut acc = vec![0f32; p * h];
+                for seq in 0..b {
+                    let rows = &g[seq * per_seq..seq * per_seq + p * h];
+                    acc.iter_mut().zip(rows).for_each(|(a, &v)| *a += v);
+                }
+                acc
+            });
+            let dx = x.track_op().then(|| {
+                let mut dx = Vec::with_capacity(b * s * h);
+                for seq in 0..b {
+                    dx.extend_from_slice(&g[seq * per_seq + p * h..(seq + 1) * per_seq]);
+                }
+                dx
+            });
+            Ok((dprefix, dx))
+        })?;
+        let dev = grad.device();
+        Ok((
+            dprefix
+                .map(|d| Tensor::from_vec(d, (p, h), dev))
+                .transpose()?,
+            dx.map(|d| Tensor::from_vec(d, (b, s, h), dev))
+                .transpose()?,
+        ))
+    }
+}
+
 /// Whether the fused kernels apply to `x`.
 pub(crate) fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
@@ -1013,7 +1086,11 @@ pub(crate) fn adamw_update(
     if grad.len() != n || moments.is_some_and(|(m, v)| m.len() != n || v.len() != n) {
         candle_core::bail!("adamw: a gradient or moment does not match its parameter of {n}")
     }
-    let (mut new_param, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (mut new_param, mut new_m, mut new_v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let zeros;
     let (m, v) = match moments {
         Some(mv) => mv,
@@ -1022,23 +1099,30 @@ pub(crate) fn adamw_update(
             (zeros.as_slice(), zeros.as_slice())
         }
     };
-    new_param
+    new_param.spare_capacity_mut()[..n]
         .par_chunks_mut(CHUNK)
-        .zip(new_m.par_chunks_mut(CHUNK))
-        .zip(new_v.par_chunks_mut(CHUNK))
+        .zip(new_m.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
+        .zip(new_v.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
         .zip(param.par_chunks(CHUNK))
         .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
         .for_each(|(((((p1, m1), v1), p), g), (m, v))| adamw_block(p1, m1, v1, p, g, m, v, s));
+    // SAFETY: the chunks of all seven slices (each of n elements, checked above) line up, and
+    // `adamw_block` writes every element of its three output chunks
+    unsafe {
+        new_param.set_len(n);
+        new_m.set_len(n);
+        new_v.set_len(n);
+    }
     Ok((new_param, new_m, new_v))
 }
 
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets = "simd")]
 fn adamw_block(
-    new_param: &mut [f32],
-    new_m: &mut [f32],
-    new_v: &mut [f32],
+    new_param: &mut [MaybeUninit<f32>],
+    new_m: &mut [MaybeUninit<f32>],
+    new_v: &mut [MaybeUninit<f32>],
     param: &[f32],
     grad: &[f32],
     m: &[f32],
@@ -1057,9 +1141,9 @@ fn adamw_block(
             Some(d) => param[i] * d + 0.0,
             None => param[i],
         };
-        new_param[i] = decayed - ((m1 / denom) * s.step_size + 0.0);
-        new_m[i] = m1;
-        new_v[i] = v1;
+        new_param[i].write(decayed - ((m1 / denom) * s.step_size + 0.0));
+        new_m[i].write(m1);
+        new_v[i].write(v1);
     }
 }
 

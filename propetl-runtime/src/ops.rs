@@ -173,6 +173,19 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_dims)
 }
 
+/// `[prefix; x]` for every sequence: `prefix [P, H]` (prefix-tuning's keys or values, one for
+/// the whole batch) in front of `x [B, S, H]`, giving `[B, P + S, H]`; gradients reach both.
+pub fn prefix_cat(prefix: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(prefix) && crate::fused::applies(x) {
+        return prefix
+            .contiguous()?
+            .apply_op2(&x.contiguous()?, crate::fused::PrefixCat);
+    }
+    let (b, _, h) = x.dims3()?;
+    let p = prefix.dim(0)?;
+    Tensor::cat(&[&prefix.unsqueeze(0)?.broadcast_as((b, p, h))?, x], 1)
+}
+
 /// `x Wᵀ + b` where `W` and `b` are **frozen** (plain tensors): the backward pass computes
 /// only the input gradient `g·W`. Candle's generic matmul backward also computes the weight
 /// gradient `xᵀ·g` even for tensors that are not variables, a third of a frozen backbone's
@@ -336,6 +349,44 @@ mod tests {
         assert!(gx1.sub(gx2)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         // no gradient is computed for the frozen weight and bias
         assert!(g1.get(&w).is_none() && g1.get(&b).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn prefix_cat_matches_the_broadcast_cat_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(6);
+        let (b, p, s, h) = (3, 2, 4, 5);
+        let prefix = Var::from_tensor(&rng.normal((p, h), 1.0, &dev)?)?;
+        let x = Var::from_tensor(&rng.normal((b, s, h), 1.0, &dev)?)?;
+        let t = rng.normal((b, p + s, h), 1.0, &dev)?;
+        let ours = prefix_cat(prefix.as_tensor(), x.as_tensor())?;
+        let composed = Tensor::cat(
+            &[
+                &prefix.as_tensor().unsqueeze(0)?.broadcast_as((b, p, h))?,
+                x.as_tensor(),
+            ],
+            1,
+        )?;
+        assert_eq!(ours.dims(), &[b, p + s, h]);
+        assert_eq!(
+            ours.flatten_all()?.to_vec1::<f32>()?,
+            composed.flatten_all()?.to_vec1::<f32>()?
+        );
+        let g1 = ours.mul(&t)?.sum_all()?.backward()?;
+        let g2 = composed.mul(&t)?.sum_all()?.backward()?;
+        for v in [&prefix, &x] {
+            let (a, c) = (
+                g1.get(v.as_tensor()).expect("grad"),
+                g2.get(v.as_tensor()).expect("grad"),
+            );
+            assert!(a.sub(c)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        }
+        // a frozen prefix (inference) gets no gradient; a width mismatch is an error
+        let frozen = prefix.as_tensor().detach();
+        let g3 = prefix_cat(&frozen, x.as_tensor())?.sum_all()?.backward()?;
+        assert!(g3.get(&frozen).is_none() && g3.get(x.as_tensor()).is_some());
+        assert!(prefix_cat(&rng.normal((p, h + 1), 1.0, &dev)?, x.as_tensor()).is_err());
         Ok(())
     }
 

@@ -183,7 +183,7 @@ impl RobertaLayer {
         mode: &mut ForwardMode,
         rows: HiddenRows,
     ) -> candle_core::Result<Tensor> {
-        let (b, _, h) = x.dims3()?;
+        let (_, _, h) = x.dims3()?;
         let nh = self.heads;
         let hd = h / nh;
         // the rows that are queried and carried to the output
@@ -197,10 +197,8 @@ impl RobertaLayer {
         let mut k = self.proj(&self.key, x, petl, LoraTarget::K)?;
         let mut v = self.proj(&self.value, x, petl, LoraTarget::V)?;
         if let Some((pk, pv)) = petl.prefix_kv() {
-            let p = pk.dim(0)?;
-            let batch = |t: &Tensor| t.unsqueeze(0)?.broadcast_as((b, p, h));
-            k = Tensor::cat(&[&batch(pk)?, &k], 1)?;
-            v = Tensor::cat(&[&batch(pv)?, &v], 1)?;
+            k = ops::prefix_cat(pk, &k)?;
+            v = ops::prefix_cat(pv, &v)?;
         }
         let scores = ops::attention_scores(&q, &k, nh)?;
         let probs = ops::attention_softmax(&scores, 1.0 / (hd as f64).sqrt(), attention_bias)?;
