@@ -313,6 +313,30 @@ fn benches() {
         }
     }
 
+    if want("attention") {
+        // the attention products of one roberta-base layer at inference (32 × 128, 12 heads):
+        // Q·Kᵀ and P·V through ops::attention_scores / attention_context; GFLOP/s to compare
+        // with the frozen linear's gemm above
+        let mut rng = PetlRng::seed(6);
+        for (batch, seq) in [(32usize, 128usize), (8, 128)] {
+            let q = rng.normal((batch, seq, 768), 1.0, &dev).unwrap();
+            let k = rng.normal((batch, seq, 768), 1.0, &dev).unwrap();
+            let v = rng.normal((batch, seq, 768), 1.0, &dev).unwrap();
+            let probs = propetl::runtime::ops::attention_scores(&q, &k, 12).unwrap();
+            let scores_s = time(if quick { 2 } else { 10 }, || {
+                propetl::runtime::ops::attention_scores(&q, &k, 12).unwrap();
+            });
+            let context_s = time(if quick { 2 } else { 10 }, || {
+                propetl::runtime::ops::attention_context(&probs, &v).unwrap();
+            });
+            let flops = 2.0 * (batch * seq * seq * 768) as f64;
+            println!(
+                "{}",
+                json!({"bench": "attention", "batch": batch, "seq": seq, "heads": 12, "scores_s": scores_s, "context_s": context_s, "scores_gflops": flops / scores_s / 1e9, "context_gflops": flops / context_s / 1e9})
+            );
+        }
+    }
+
     if want("binarize") {
         let mut rng = PetlRng::seed(1);
         for (name, shape, keep) in [
