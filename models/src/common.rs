@@ -240,6 +240,21 @@ impl Linear {
         }
     }
 
+    /// `act(x Wᵀ + b)`; with a frozen weight the bias is added by the activation's fused
+    /// kernel where it has one (`ops::activate_with_bias`) instead of in a pass of its own.
+    pub fn forward_activated(
+        &self,
+        x: &Tensor,
+        act: propetl_runtime::Activation,
+    ) -> candle_core::Result<Tensor> {
+        if self.weight.is_variable() {
+            ops::activate(&self.forward(x)?, act)
+        } else {
+            let y = ops::frozen_linear(x, &self.weight, None)?;
+            ops::activate_with_bias(&y, self.bias.as_ref(), act)
+        }
+    }
+
     /// `x (W + ΔW)ᵀ + b` for a frozen `W` and a weight delta `[out, in]` (a LoRA pair folded
     /// at inference, `LayerPetl::merged_lora`): one product instead of the layer's plus two
     /// low-rank ones and an addition.

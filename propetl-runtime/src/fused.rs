@@ -1214,8 +1214,55 @@ fn gelu_backward_block(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32]) {
     }
 }
 
-/// Exact GELU `x·Φ(x)` (Φ through [`erf`]).
-pub(crate) struct GeluErf;
+/// `o = v · Φ(v)` for `v = x + b` (a row and its frozen bias).
+#[multiversion(targets = "simd")]
+fn gelu_bias_row(o: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32]) {
+    for ((o, &v), &b) in o.iter_mut().zip(x).zip(b) {
+        let v = v + b;
+        o.write(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
+    }
+}
+
+/// [`gelu_backward_block`] at `v = x + b`, one row.
+#[multiversion(targets = "simd")]
+fn gelu_bias_backward_row(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32], b: &[f32]) {
+    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    for (((d, &v), &g), &b) in d.iter_mut().zip(x).zip(g).zip(b) {
+        let v = v + b;
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        d.write(g * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi));
+    }
+}
+
+/// Exact GELU `x·Φ(x)` (Φ through [`erf`]), or `GELU(x + b)` with a frozen bias `b` over the
+/// last dimension: the bias of the linear layer before it, added here instead of in a pass of
+/// its own (the backward pass reaches `x` only).
+pub(crate) struct GeluErf {
+    pub bias: Option<Arc<Vec<f32>>>,
+}
+
+impl GeluErf {
+    /// Plain GELU.
+    pub(crate) const PLAIN: GeluErf = GeluErf { bias: None };
+
+    /// `GELU(x + bias)`, `bias` frozen.
+    pub(crate) fn with_bias(bias: &Tensor) -> Result<Self> {
+        Ok(Self {
+            bias: Some(Arc::new(host(bias)?)),
+        })
+    }
+
+    /// The bias, checked against rows of `n`.
+    fn bias_for(&self, n: usize) -> Result<Option<&[f32]>> {
+        match &self.bias {
+            Some(b) if b.len() != n => {
+                candle_core::bail!("gelu-erf: a bias of {} for rows of {n}", b.len())
+            }
+            Some(b) => Ok(Some(b.as_slice())),
+            None => Ok(None),
+        }
+    }
+}
 
 const CHUNK: usize = 4096;
 
@@ -1226,6 +1273,11 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
+        let n = *l.dims().last().unwrap_or(&1);
+        if let Some(b) = self.bias_for(n)? {
+            let out = map_rows(x, n, |o, r| gelu_bias_row(o, r, b));
+            return Ok((CpuStorage::F32(out), l.shape().clone()));
+        }
         // SAFETY: the chunks cover the output and `gelu_block` writes each whole
         let out = unsafe {
             fresh(x.len(), |out| {
@@ -1242,6 +1294,12 @@ impl CustomOp1 for GeluErf {
             with_f32(grad, |g| {
                 if g.len() != x.len() {
                     candle_core::bail!("gelu-erf backward: a gradient of another shape")
+                }
+                let n = *arg.dims().last().unwrap_or(&1);
+                if let Some(b) = self.bias_for(n)? {
+                    return Ok(map_row_pairs(x, g, n, |d, r, gr| {
+                        gelu_bias_backward_row(d, r, gr, b)
+                    }));
                 }
                 // SAFETY: the chunks cover the output and `gelu_backward_block` writes each
                 // whole (`g` has x's length, checked above)

@@ -254,13 +254,33 @@ impl candle_core::CustomOp1 for FrozenLinear {
     }
 }
 
+/// `act(x + bias)` for a **frozen** `bias` over the last dimension (the output of a linear
+/// layer computed without its bias): the exact GELU adds the bias inside its fused kernel,
+/// one pass instead of two; other activations (or a trainable bias) add it first.
+pub fn activate_with_bias(x: &Tensor, bias: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    match bias {
+        Some(b)
+            if act == Activation::Gelu
+                && crate::fused::applies(x)
+                && crate::fused::applies(b)
+                && !b.is_variable()
+                && b.rank() == 1 =>
+        {
+            x.contiguous()?
+                .apply_op1(crate::fused::GeluErf::with_bias(b)?)
+        }
+        Some(b) => activate(&x.broadcast_add(b)?, act),
+        None => activate(x, act),
+    }
+}
+
 /// Apply an activation.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
         Activation::Relu => x.relu(),
         Activation::GeluNew => x.gelu(),
         Activation::Gelu if crate::fused::applies(x) => {
-            x.contiguous()?.apply_op1(crate::fused::GeluErf)
+            x.contiguous()?.apply_op1(crate::fused::GeluErf::PLAIN)
         }
         Activation::Gelu => x.gelu_erf(),
     }
@@ -349,6 +369,36 @@ mod tests {
         assert!(gx1.sub(gx2)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         // no gradient is computed for the frozen weight and bias
         assert!(g1.get(&w).is_none() && g1.get(&b).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn activation_with_a_frozen_bias_matches_adding_it_first() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(8);
+        let x = Var::from_tensor(&rng.normal((3, 4, 6), 2.0, &dev)?)?;
+        let bias = rng.normal(6, 1.0, &dev)?;
+        let t = rng.normal((3, 4, 6), 1.0, &dev)?;
+        for act in [Activation::Gelu, Activation::Relu, Activation::GeluNew] {
+            let fused = activate_with_bias(x.as_tensor(), Some(&bias), act)?;
+            let composed = activate(&x.as_tensor().broadcast_add(&bias)?, act)?;
+            let d = fused.sub(&composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-6, "{act:?}: {d}");
+            let g1 = fused.mul(&t)?.sum_all()?.backward()?;
+            let g2 = composed.mul(&t)?.sum_all()?.backward()?;
+            let (a, b) = (
+                g1.get(x.as_tensor()).expect("grad"),
+                g2.get(x.as_tensor()).expect("grad"),
+            );
+            assert!(
+                a.sub(b)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6,
+                "{act:?}"
+            );
+            assert!(g1.get(&bias).is_none());
+        }
+        // a bias of the wrong width is an error
+        let wrong = rng.normal(5, 1.0, &dev)?;
+        assert!(activate_with_bias(x.as_tensor(), Some(&wrong), Activation::Gelu).is_err());
         Ok(())
     }
 

@@ -209,7 +209,7 @@ impl RobertaLayer {
             self.dropout,
         )?;
         let x1 = self.attn_norm.forward(&att.add(&x_out)?)?;
-        let inter = ops::activate(&self.intermediate.forward(&x1)?, self.act)?;
+        let inter = self.intermediate.forward_activated(&x1, self.act)?;
         let hid = mode.dropout(&self.output.forward(&inter)?, self.dropout)?;
         let res = hid.add(&x1)?;
         // Pfeiffer placement (method page §3): u = LN(h + x); y = LN(A(u) + h + x)
