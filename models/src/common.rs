@@ -255,6 +255,21 @@ impl Linear {
         }
     }
 
+    /// `x Wᵀ + b + scale · (x Aᵀ) Bᵀ` (a LoRA pair on this projection): with a frozen weight
+    /// one op whose gemms accumulate the update (`ops::frozen_linear_lora`).
+    pub fn forward_with_lora(
+        &self,
+        x: &Tensor,
+        (a, b, scale): (&Tensor, &Tensor, f64),
+    ) -> candle_core::Result<Tensor> {
+        if self.weight.is_variable() {
+            let delta = (ops::linear(&ops::linear(x, a, None)?, b, None)? * scale)?;
+            self.forward(x)?.add(&delta)
+        } else {
+            ops::frozen_linear_lora(x, &self.weight, self.bias.as_ref(), a, b, scale)
+        }
+    }
+
     /// `x (W + ΔW)ᵀ + b` for a frozen `W` and a weight delta `[out, in]` (a LoRA pair folded
     /// at inference, `LayerPetl::merged_lora`): one product instead of the layer's plus two
     /// low-rank ones and an addition.

@@ -222,6 +222,71 @@ pub(crate) fn gemm_rows(
     Ok(dst)
 }
 
+/// `dst [m, n] (row-major) = (dst if accumulate) + scale · lhs [m, k] · rhs [k, n]`, one call
+/// of the `gemm` crate; strides as in [`gemm_rows`]. With `accumulate` false `dst`'s old
+/// values are not read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    accumulate: bool,
+    scale: f32,
+) -> Result<()> {
+    let last = |rows: usize, cols: usize, (cs, rs): (usize, usize)| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    if dst.len() != m * n
+        || (m > 0 && k > 0 && last(m, k, lhs_strides) >= lhs.len())
+        || (k > 0 && n > 0 && last(k, n, rhs_strides) >= rhs.len())
+    {
+        candle_core::bail!("gemm_into: operands do not fit their slices")
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds of all three operands were checked above
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.0 as isize,
+            lhs_strides.1 as isize,
+            rhs.as_ptr(),
+            rhs_strides.0 as isize,
+            rhs_strides.1 as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
 /// A raw output pointer shared by the parallel tasks of [`HeadMatmul`], each writing its own
 /// disjoint block.
 struct OutPtr(*mut f32);

@@ -274,6 +274,152 @@ pub fn activate_with_bias(x: &Tensor, bias: Option<&Tensor>, act: Activation) ->
     }
 }
 
+/// `x Wᵀ + b + scale · (x Aᵀ) Bᵀ`: a frozen linear layer (`W [out, in]`, `b`) with a LoRA
+/// pair (`A [r, in]`, `B [out, r]`, trainable or masked) as one op. The low-rank product is
+/// accumulated onto the layer's output by the gemm itself and, backward, `scale·(g B) A` onto
+/// the input gradient `g W`: no separate scale, add or gradient-accumulation passes, no
+/// transposed copies, and `x Aᵀ` is recomputed rather than kept. Gradients reach `x`, `A` and
+/// `B` (none for `W`, `b`). Composed formulation off the CPU or for non-f32 tensors.
+pub fn frozen_linear_lora(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let on_cpu = [x, weight, a, b].iter().all(|t| crate::fused::applies(t));
+    if !on_cpu {
+        let y = frozen_linear(x, weight, bias)?;
+        return y.add(&(linear(&linear(x, a, None)?, b, None)? * scale)?);
+    }
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let (out, w_in) = weight.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    let (b_out, b_r) = b.dims2()?;
+    if w_in != in_dim || a_in != in_dim || b_out != out || b_r != r {
+        candle_core::bail!(
+            "frozen_linear_lora: x {:?}, W {:?}, A {:?}, B {:?} do not compose",
+            dims,
+            weight.dims(),
+            a.dims(),
+            b.dims()
+        )
+    }
+    let x2 = x.reshape((rows, in_dim))?.contiguous()?;
+    let op = FrozenLinearLora {
+        weight: weight.detach(),
+        bias: bias.map(|b| b.detach()),
+        scale: scale as f32,
+    };
+    let y = x2.apply_op3_arc(
+        &a.contiguous()?,
+        &b.contiguous()?,
+        std::sync::Arc::new(Box::new(op)),
+    )?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = out;
+    y.reshape(out_dims)
+}
+
+struct FrozenLinearLora {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for FrozenLinearLora {
+    fn name(&self) -> &'static str {
+        "frozen-linear-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use crate::fused::{f32_slice, gemm_into, gemm_rows, with_f32};
+        let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (m, k) = l1.shape().dims2()?;
+        let (r, _) = l2.shape().dims2()?;
+        let n = self.weight.dim(0)?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        // y = x Wᵀ + b
+        let mut y = with_f32(&self.weight, |w| {
+            gemm_rows(m, n, k, x, (1, k), w, (k, 1), bias.as_deref())
+        })?;
+        // xa = x Aᵀ [m, r]; y += scale · xa Bᵀ
+        let xa = gemm_rows(m, r, k, x, (1, k), a, (k, 1), None)?;
+        gemm_into(&mut y, (m, n, r), &xa, (1, r), b, (r, 1), true, self.scale)?;
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use crate::fused::{gemm_into, gemm_rows, with_f32};
+        let (m, n) = grad.dims2()?;
+        let (r, k) = a.dims2()?;
+        let s = self.scale;
+        let dev = grad.device();
+        with_f32(grad, |g| {
+            with_f32(x, |xs| {
+                with_f32(a, |av| {
+                    with_f32(b, |bv| {
+                        // gb = g B [m, r]
+                        let gb = gemm_rows(m, r, n, g, (1, n), bv, (1, r), None)?;
+                        let dx = if x.track_op() {
+                            // dx = g W + scale · gb A
+                            let mut dx = with_f32(&self.weight, |w| {
+                                gemm_rows(m, k, n, g, (1, n), w, (1, k), None)
+                            })?;
+                            gemm_into(&mut dx, (m, k, r), &gb, (1, r), av, (1, k), true, s)?;
+                            Some(Tensor::from_vec(dx, (m, k), dev)?)
+                        } else {
+                            None
+                        };
+                        let da = if a.track_op() {
+                            // dA = scale · gbᵀ x [r, k]
+                            let mut da = vec![0f32; r * k];
+                            gemm_into(&mut da, (r, k, m), &gb, (r, 1), xs, (1, k), false, s)?;
+                            Some(Tensor::from_vec(da, (r, k), dev)?)
+                        } else {
+                            None
+                        };
+                        let db = if b.track_op() {
+                            // dB = scale · gᵀ (x Aᵀ) [n, r]
+                            let xa = gemm_rows(m, r, k, xs, (1, k), av, (k, 1), None)?;
+                            let mut db = vec![0f32; n * r];
+                            gemm_into(&mut db, (n, r, m), g, (n, 1), &xa, (1, r), false, s)?;
+                            Some(Tensor::from_vec(db, (n, r), dev)?)
+                        } else {
+                            None
+                        };
+                        Ok((dx, da, db))
+                    })
+                })
+            })
+        })
+    }
+}
+
 /// Apply an activation.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
@@ -399,6 +545,60 @@ mod tests {
         // a bias of the wrong width is an error
         let wrong = rng.normal(5, 1.0, &dev)?;
         assert!(activate_with_bias(x.as_tensor(), Some(&wrong), Activation::Gelu).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_linear_lora_matches_the_composed_update_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(9);
+        let (rows, inp, out, r) = (7, 6, 5, 3);
+        let x = Var::from_tensor(&rng.normal((1, rows, inp), 1.0, &dev)?)?;
+        let w = rng.normal((out, inp), 0.5, &dev)?;
+        let bias = rng.normal(out, 0.5, &dev)?;
+        let a = Var::from_tensor(&rng.normal((r, inp), 0.5, &dev)?)?;
+        let b = Var::from_tensor(&rng.normal((out, r), 0.5, &dev)?)?;
+        let t = rng.normal((1, rows, out), 1.0, &dev)?;
+        let scale = 1.5;
+        let fused = frozen_linear_lora(
+            x.as_tensor(),
+            &w,
+            Some(&bias),
+            a.as_tensor(),
+            b.as_tensor(),
+            scale,
+        )?;
+        let low_rank = linear(
+            &linear(x.as_tensor(), a.as_tensor(), None)?,
+            b.as_tensor(),
+            None,
+        )?;
+        let composed = linear(x.as_tensor(), &w, Some(&bias))?.add(&(low_rank * scale)?)?;
+        let max_abs = |p: &Tensor, q: &Tensor| -> Result<f32> {
+            p.sub(q)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert_eq!(fused.dims(), &[1, rows, out]);
+        assert!(max_abs(&fused, &composed)? < 1e-5);
+        let g1 = fused.mul(&t)?.sum_all()?.backward()?;
+        let g2 = composed.mul(&t)?.sum_all()?.backward()?;
+        for v in [&x, &a, &b] {
+            let (p, q) = (
+                g1.get(v.as_tensor()).expect("grad"),
+                g2.get(v.as_tensor()).expect("grad"),
+            );
+            assert!(max_abs(p, q)? < 1e-4, "{:?}", v.dims());
+        }
+        assert!(g1.get(&w).is_none() && g1.get(&bias).is_none());
+        // an input that needs no gradient gets none (the first layer's input)
+        let frozen_x = x.as_tensor().detach();
+        let y = frozen_linear_lora(&frozen_x, &w, None, a.as_tensor(), b.as_tensor(), scale)?;
+        let g3 = y.sum_all()?.backward()?;
+        assert!(g3.get(&frozen_x).is_none() && g3.get(a.as_tensor()).is_some());
+        // a pair that does not compose with the layer is an error
+        assert!(
+            frozen_linear_lora(x.as_tensor(), &w, None, b.as_tensor(), a.as_tensor(), scale)
+                .is_err()
+        );
         Ok(())
     }
 

@@ -638,6 +638,19 @@ impl LayerPetl {
         }
     }
 
+    /// The LoRA pair of `target` as `(A ⊙ M_A, B ⊙ M_B, α/r)`, or `None`: for
+    /// [`ops::frozen_linear_lora`](crate::ops::frozen_linear_lora), which adds the update to a
+    /// frozen projection inside its own product.
+    pub fn lora_pair(&self, target: LoraTarget) -> Option<(&Tensor, &Tensor, f64)> {
+        match self {
+            LayerPetl::Lora(parts) => parts
+                .iter()
+                .find(|p| p.target == target)
+                .map(|p| (&p.a, &p.b, p.scale)),
+            _ => None,
+        }
+    }
+
     /// The folded LoRA update `(α/r)·B·A` of `target` (`[H_out, H]`, add it to the frozen
     /// projection's weight) when this layer's context comes from a materialized state;
     /// `None` while training or where there is no LoRA pair — then use [`lora_delta`](Self::lora_delta).

@@ -160,13 +160,9 @@ impl RobertaLayer {
         if let Some(delta) = petl.merged_lora(target) {
             return lin.forward_with_delta(x, delta);
         }
-        let y = lin.forward(x)?;
-        match petl
-            .lora_delta(target, x)
-            .map_err(candle_core::Error::wrap)?
-        {
-            Some(d) => y.add(&d),
-            None => Ok(y),
+        match petl.lora_pair(target) {
+            Some(pair) => lin.forward_with_lora(x, pair),
+            None => lin.forward(x),
         }
     }
 

@@ -44,16 +44,9 @@ impl Attention {
         if let Some(delta) = lora.and_then(|petl| petl.merged_lora(target)) {
             return lin.forward_with_delta(x, delta);
         }
-        let y = lin.forward(x)?;
-        let delta = match lora {
-            Some(petl) => petl
-                .lora_delta(target, x)
-                .map_err(candle_core::Error::wrap)?,
-            None => None,
-        };
-        match delta {
-            Some(d) => y.add(&d),
-            None => Ok(y),
+        match lora.and_then(|petl| petl.lora_pair(target)) {
+            Some(pair) => lin.forward_with_lora(x, pair),
+            None => lin.forward(x),
         }
     }
 
