@@ -26,8 +26,16 @@ pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&sum)
 }
 
-/// Log-softmax over the last dimension.
+/// Log-softmax over the last dimension (one fused pass each way on the CPU in f32).
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(x) && x.dim(D::Minus1)? > 0 {
+        return x.contiguous()?.apply_op1(crate::fused::LogSoftmax);
+    }
+    log_softmax_composed(x)
+}
+
+/// Log-softmax composed of primitive ops (reference formulation of [`log_softmax_last_dim`]).
+pub fn log_softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -599,6 +607,46 @@ mod tests {
             frozen_linear_lora(x.as_tensor(), &w, None, b.as_tensor(), a.as_tensor(), scale)
                 .is_err()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn fused_log_softmax_matches_the_composed_one_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(10);
+        // rows longer than a lane block, with a tail, and large logits
+        let x = Var::from_tensor(&(rng.normal((5, 1003), 4.0, &dev)? + 30.0)?)?;
+        let t = rng.normal((5, 1003), 1.0, &dev)?;
+        let fused = log_softmax_last_dim(x.as_tensor())?;
+        let composed = log_softmax_composed(x.as_tensor())?;
+        let max_abs = |p: &Tensor, q: &Tensor| -> Result<f32> {
+            p.sub(q)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(max_abs(&fused, &composed)? < 1e-4);
+        let g1 = fused.mul(&t)?.sum_all()?.backward()?;
+        let g2 = composed.mul(&t)?.sum_all()?.backward()?;
+        let (p, q) = (
+            g1.get(x.as_tensor()).expect("grad"),
+            g2.get(x.as_tensor()).expect("grad"),
+        );
+        assert!(max_abs(p, q)? < 1e-4);
+        Ok(())
+    }
+
+    /// The vendored backward pass (vendor/README.md) skips the gradient of a matrix
+    /// product's operand that tracks no variable, and still computes the other one.
+    #[test]
+    fn matmul_backward_skips_frozen_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(11);
+        let x = Var::from_tensor(&rng.normal((4, 3), 1.0, &dev)?)?;
+        let w = rng.normal((5, 3), 1.0, &dev)?;
+        let grads = x.as_tensor().matmul(&w.t()?)?.sum_all()?.backward()?;
+        assert!(grads.get(&w).is_none());
+        // d/dx Σ (x Wᵀ) = 1 Wᵀᵀ = each row is the column sums of Wᵀ, i.e. Σ_j W[j, :]
+        let expected = w.sum_keepdim(0)?.broadcast_as((4, 3))?;
+        let got = grads.get(x.as_tensor()).expect("grad");
+        assert!(got.sub(&expected)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         Ok(())
     }
 

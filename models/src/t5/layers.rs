@@ -584,11 +584,14 @@ fn project(st: &Stacks, dec_out: &Tensor) -> Result<Tensor> {
     } else {
         dec_out.clone()
     };
-    Ok(ops::linear(
-        &scaled,
-        st.lm_head.as_ref().unwrap_or(&st.shared),
-        None,
-    )?)
+    let weight = st.lm_head.as_ref().unwrap_or(&st.shared);
+    // a frozen output embedding needs no gradient: the fused frozen product (input gradient
+    // only, no transposed copy of the [V, D] weight)
+    Ok(if weight.is_variable() {
+        ops::linear(&scaled, weight, None)?
+    } else {
+        ops::frozen_linear(&scaled, weight, None)?
+    })
 }
 
 #[cfg(test)]
