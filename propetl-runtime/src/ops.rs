@@ -194,6 +194,17 @@ pub fn prefix_cat(prefix: &Tensor, x: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&prefix.unsqueeze(0)?.broadcast_as((b, p, h))?, x], 1)
 }
 
+/// [`linear`], or [`frozen_linear`] when neither `weight` nor `bias` tracks a variable (a PETL
+/// module of a materialized state at inference: one gemm with the bias written first, no
+/// zero fill, no bias pass).
+pub fn linear_or_frozen(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if weight.track_op() || bias.is_some_and(|b| b.track_op()) {
+        linear(x, weight, bias)
+    } else {
+        frozen_linear(x, weight, bias)
+    }
+}
+
 /// `x Wᵀ + b` where `W` and `b` are **frozen** (plain tensors): the backward pass computes
 /// only the input gradient `g·W`. Candle's generic matmul backward also computes the weight
 /// gradient `xᵀ·g` even for tensors that are not variables, a third of a frozen backbone's

@@ -616,9 +616,13 @@ impl LayerPetl {
     pub fn adapter(&self, z: &Tensor) -> Result<Option<Tensor>> {
         match self {
             LayerPetl::Adapter(a) => {
-                let h = ops::linear(z, &a.down_weight, Some(&a.down_bias))?;
+                let h = ops::linear_or_frozen(z, &a.down_weight, Some(&a.down_bias))?;
                 let h = ops::activate(&h, a.activation)?;
-                Ok(Some(ops::linear(&h, &a.up_weight, Some(&a.up_bias))?))
+                Ok(Some(ops::linear_or_frozen(
+                    &h,
+                    &a.up_weight,
+                    Some(&a.up_bias),
+                )?))
             }
             _ => Ok(None),
         }
