@@ -18,6 +18,21 @@ fn fixtures() -> PathBuf {
 
 const TWO_CLASSES: TaskKind = TaskKind::Classification { num_labels: 2 };
 
+/// The largest absolute element of `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
+/// LoRA's B starts at zero, which zeroes the gradients of A and of B's masks: move every B
+/// off zero (seeded) so that each path carries a gradient.
+fn move_lora_b_off_zero(trainables: &[Trainable]) {
+    let mut rng = PetlRng::seed(9);
+    for t in trainables.iter().filter(|t| t.name.ends_with(".B")) {
+        let b = rng.normal(t.var.dims(), 0.02, t.var.device()).unwrap();
+        t.var.set(&b).unwrap();
+    }
+}
+
 #[test]
 fn box_dyn_model_trait_holds_two_model_types() {
     let dev = Device::Cpu;
@@ -208,16 +223,8 @@ fn roles_come_from_the_state_and_every_trainable_gets_a_gradient() {
             Example::new(vec![0, 31, 87, 112, 2], 1.0),
             Example::new(vec![0, 45, 2], 0.0),
         ];
-        // LoRA's B starts at zero, which zeroes the gradients of A and of B's masks: move B
-        // off zero so that every path carries a gradient
-        let mut rng = PetlRng::seed(9);
-        for t in model.trainables() {
-            if t.name.ends_with(".B") {
-                t.var
-                    .set(&rng.normal(t.var.dims(), 0.02, &dev).unwrap())
-                    .unwrap();
-            }
-        }
+        // LoRA's B starts at zero, which zeroes the gradients of A and of B's masks
+        move_lora_b_off_zero(&model.trainables());
         let refs: Vec<&Example> = examples.iter().collect();
         let batch = model.collate(&refs, 16, "default").unwrap();
         let loss = model.loss(&batch, &mut ForwardMode::Eval).unwrap();
@@ -279,17 +286,10 @@ fn first_position_logits_match_the_full_forward_with_gradients() {
     ) {
         let (hidden, full) = full;
         assert_eq!(hidden.dims(), &[2, 5, hidden.dim(2).unwrap()], "{name}");
-        let max_abs = |a: &Tensor, b: &Tensor| -> f32 {
-            a.sub(b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(max_abs(&full, &first) < 1e-5, "{name}: logits differ");
+        assert!(
+            max_abs(&full.sub(&first).unwrap()) < 1e-5,
+            "{name}: logits differ"
+        );
         // gradients of a loss that weighs every logit differently
         let weights = Tensor::new(&[[1.0f32, -2.0], [0.5, 3.0]], full.device()).unwrap();
         let loss = |l: &Tensor| l.mul(&weights).unwrap().sum_all().unwrap();
@@ -303,15 +303,8 @@ fn first_position_logits_match_the_full_forward_with_gradients() {
                 a.unwrap_or_else(|| panic!("{name}: no gradient for {}", t.name)),
                 b.unwrap_or_else(|| panic!("{name}: no gradient for {}", t.name)),
             );
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
             assert!(
-                max_abs(a, b) <= 1e-4 * scale.max(1e-3),
+                max_abs(&a.sub(b).unwrap()) <= 1e-4 * max_abs(a).max(1e-3),
                 "{name}: gradient of {} differs",
                 t.name
             );
@@ -327,15 +320,7 @@ fn first_position_logits_match_the_full_forward_with_gradients() {
                 &mut PetlRng::seed(3),
             )
             .unwrap();
-            // LoRA's B starts at zero: move it off zero so its path carries a gradient
-            let mut rng = PetlRng::seed(9);
-            for t in model.trainables() {
-                if t.name.ends_with(".B") {
-                    t.var
-                        .set(&rng.normal(t.var.dims(), 0.02, &dev).unwrap())
-                        .unwrap();
-                }
-            }
+            move_lora_b_off_zero(&model.trainables());
             let run = |first: bool| {
                 if first {
                     model

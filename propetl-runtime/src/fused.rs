@@ -168,11 +168,7 @@ pub(crate) fn gemm_rows(
     rhs_strides: (usize, usize),
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    let last = |rows: usize, cols: usize, (cs, rs): (usize, usize)| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    if (m > 0 && k > 0 && last(m, k, lhs_strides) >= lhs.len())
-        || (k > 0 && n > 0 && last(k, n, rhs_strides) >= rhs.len())
+    if !operands_fit((m, n, k), lhs, lhs_strides, rhs, rhs_strides)
         || bias.is_some_and(|b| b.len() != n)
     {
         candle_core::bail!("gemm_rows: operands do not fit their slices")
@@ -186,24 +182,74 @@ pub(crate) fn gemm_rows(
     if m == 0 || n == 0 || k == 0 {
         return Ok(dst);
     }
+    // SAFETY: the operands fit their slices (checked above); `dst` has capacity m·n and gemm
+    // writes every element of the row-major [m, n] output through the raw pointer (reading
+    // them first only when there is a bias, which they then hold); its length is set after.
+    unsafe {
+        gemm_call(
+            dst.as_mut_ptr(),
+            (m, n, k),
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            bias.is_some(),
+            1.0,
+        );
+        dst.set_len(m * n);
+    }
+    Ok(dst)
+}
+
+/// Whether `lhs [m, k]` and `rhs [k, n]`, read through (column, row) strides, lie inside their
+/// slices.
+fn operands_fit(
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) -> bool {
+    let last = |rows: usize, cols: usize, (cs, rs): (usize, usize)| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    !((m > 0 && k > 0 && last(m, k, lhs_strides) >= lhs.len())
+        || (k > 0 && n > 0 && last(k, n, rhs_strides) >= rhs.len()))
+}
+
+/// `dst = (dst if read_dst) + beta · lhs · rhs` by one call of the `gemm` crate on the compute
+/// threads; `dst` is row-major `[m, n]`.
+///
+/// # Safety
+/// The operands must fit their slices ([`operands_fit`]), `m, n, k > 0`, and `dst` must be
+/// valid for `m · n` writes (and reads, with `read_dst`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_call(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    read_dst: bool,
+    beta: f32,
+) {
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the bounds of both operands were checked above; `dst` has capacity m·n and gemm
-    // writes every element of the row-major [m, n] output through the raw pointer (reading
-    // them first only when `read_dst`, where they hold the bias); its length is set after.
+    // SAFETY: the caller's contract
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            bias.is_some(),
+            read_dst,
             lhs.as_ptr(),
             lhs_strides.0 as isize,
             lhs_strides.1 as isize,
@@ -211,15 +257,13 @@ pub(crate) fn gemm_rows(
             rhs_strides.0 as isize,
             rhs_strides.1 as isize,
             1.0,
-            1.0,
+            beta,
             false,
             false,
             false,
             parallelism,
-        );
-        dst.set_len(m * n);
+        )
     }
-    Ok(dst)
 }
 
 /// `dst [m, n] (row-major) = (dst if accumulate) + scale · lhs [m, k] · rhs [k, n]`, one call
@@ -236,13 +280,7 @@ pub(crate) fn gemm_into(
     accumulate: bool,
     scale: f32,
 ) -> Result<()> {
-    let last = |rows: usize, cols: usize, (cs, rs): (usize, usize)| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    if dst.len() != m * n
-        || (m > 0 && k > 0 && last(m, k, lhs_strides) >= lhs.len())
-        || (k > 0 && n > 0 && last(k, n, rhs_strides) >= rhs.len())
-    {
+    if dst.len() != m * n || !operands_fit((m, n, k), lhs, lhs_strides, rhs, rhs_strides) {
         candle_core::bail!("gemm_into: operands do not fit their slices")
     }
     if m == 0 || n == 0 {
@@ -254,36 +292,19 @@ pub(crate) fn gemm_into(
         }
         return Ok(());
     }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the bounds of all three operands were checked above
+    // SAFETY: the operands fit (checked above) and `dst` holds m·n initialized elements
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_call(
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            (m, n, k),
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
             accumulate,
-            lhs.as_ptr(),
-            lhs_strides.0 as isize,
-            lhs_strides.1 as isize,
-            rhs.as_ptr(),
-            rhs_strides.0 as isize,
-            rhs_strides.1 as isize,
-            1.0,
             scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+        )
+    };
     Ok(())
 }
 
