@@ -103,6 +103,32 @@ fn map_row_pairs(
     }
 }
 
+/// The forward pass of a row-wise op over the last dimension of a contiguous f32 input:
+/// `row(out_row, in_row)` per row (must write its whole output row), the input's shape.
+fn last_dim_rows(
+    s: &CpuStorage,
+    l: &Layout,
+    row: impl Fn(&mut [MaybeUninit<f32>], &[f32]) + Sync + Send,
+) -> Result<(CpuStorage, Shape)> {
+    let x = f32_slice(s, l)?;
+    let n = *l.dims().last().unwrap_or(&1);
+    Ok((CpuStorage::F32(map_rows(x, n, row)), l.shape().clone()))
+}
+
+/// The input gradient of a row-wise op from a saved tensor (its input or output) and the
+/// incoming gradient: `row(d_row, saved_row, grad_row)` per row over the last dimension.
+fn last_dim_row_pairs(
+    saved: &Tensor,
+    grad: &Tensor,
+    row: impl Fn(&mut [MaybeUninit<f32>], &[f32], &[f32]) + Sync + Send,
+) -> Result<Tensor> {
+    let n = *saved.dims().last().unwrap_or(&1);
+    let dx = with_f32(saved, |y| {
+        with_f32(grad, |g| Ok(map_row_pairs(y, g, n, row)))
+    })?;
+    Tensor::from_vec(dx, saved.shape(), saved.device())
+}
+
 /// A fresh `Vec<f32>` of `len` elements written by `fill`, without zero-filling it first
 /// (fresh outputs were ≈2% of a step in `memset`).
 ///
@@ -760,10 +786,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
-        let n = *l.dims().last().unwrap_or(&1);
-        let out = map_rows(x, n, softmax_row);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        last_dim_rows(s, l, softmax_row)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -802,20 +825,11 @@ impl CustomOp1 for LogSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
-        let n = *l.dims().last().unwrap_or(&1);
-        let out = map_rows(x, n, log_softmax_row);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        last_dim_rows(s, l, log_softmax_row)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = *res.dims().last().unwrap_or(&1);
-        let dx = with_f32(res, |y| {
-            with_f32(grad, |g| {
-                Ok(map_row_pairs(y, g, n, log_softmax_backward_row))
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+        last_dim_row_pairs(res, grad, log_softmax_backward_row).map(Some)
     }
 }
 
@@ -848,15 +862,9 @@ fn softmax_backward_row(d: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32], scale:
 
 /// `scale · y ⊙ (g − ⟨y, g⟩)` row by row: the input gradient of `softmax(scale · x + c)`.
 fn softmax_backward(res: &Tensor, grad: &Tensor, scale: f32) -> Result<Tensor> {
-    let n = *res.dims().last().unwrap_or(&1);
-    let dx = with_f32(res, |y| {
-        with_f32(grad, |g| {
-            Ok(map_row_pairs(y, g, n, |d, yr, gr| {
-                softmax_backward_row(d, yr, gr, scale)
-            }))
-        })
-    })?;
-    Tensor::from_vec(dx, res.shape(), res.device())
+    last_dim_row_pairs(res, grad, |d, yr, gr| {
+        softmax_backward_row(d, yr, gr, scale)
+    })
 }
 
 // Padding does not change a row's probabilities (so the batch size does not change a
@@ -1002,7 +1010,6 @@ impl CustomOp1 for FrozenLayerNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
         let n = *l.dims().last().unwrap_or(&1);
         if self.weight.len() != n || self.bias.len() != n {
             candle_core::bail!(
@@ -1011,21 +1018,15 @@ impl CustomOp1 for FrozenLayerNorm {
             )
         }
         let (w, b, eps) = (&self.weight, &self.bias, self.eps);
-        let out = map_rows(x, n, |o, r| layer_norm_row(o, r, w, b, eps));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        last_dim_rows(s, l, |o, r| layer_norm_row(o, r, w, b, eps))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = *arg.dims().last().unwrap_or(&1);
         let (w, eps) = (&self.weight, self.eps);
-        let dx = with_f32(arg, |x| {
-            with_f32(grad, |g| {
-                Ok(map_row_pairs(x, g, n, |d, r, gr| {
-                    layer_norm_backward_row(d, r, gr, w, eps)
-                }))
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        last_dim_row_pairs(arg, grad, |d, r, gr| {
+            layer_norm_backward_row(d, r, gr, w, eps)
+        })
+        .map(Some)
     }
 }
 
@@ -1080,7 +1081,6 @@ impl CustomOp1 for FrozenRmsNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
         let n = *l.dims().last().unwrap_or(&1);
         if self.weight.len() != n {
             candle_core::bail!(
@@ -1089,21 +1089,15 @@ impl CustomOp1 for FrozenRmsNorm {
             )
         }
         let (w, eps) = (&self.weight, self.eps);
-        let out = map_rows(x, n, |o, r| rms_norm_row(o, r, w, eps));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        last_dim_rows(s, l, |o, r| rms_norm_row(o, r, w, eps))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = *arg.dims().last().unwrap_or(&1);
         let (w, eps) = (&self.weight, self.eps);
-        let dx = with_f32(arg, |x| {
-            with_f32(grad, |g| {
-                Ok(map_row_pairs(x, g, n, |d, r, gr| {
-                    rms_norm_backward_row(d, r, gr, w, eps)
-                }))
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        last_dim_row_pairs(arg, grad, |d, r, gr| {
+            rms_norm_backward_row(d, r, gr, w, eps)
+        })
+        .map(Some)
     }
 }
 

@@ -402,8 +402,12 @@ impl candle_core::CustomOp3 for FrozenLinearLora {
             with_f32(x, |xs| {
                 with_f32(a, |av| {
                     with_f32(b, |bv| {
-                        // gb = g B [m, r]
-                        let gb = gemm_rows(m, r, n, g, (1, n), bv, (1, r), None)?;
+                        // gb = g B [m, r], needed by dx and dA only
+                        let gb = if x.track_op() || a.track_op() {
+                            gemm_rows(m, r, n, g, (1, n), bv, (1, r), None)?
+                        } else {
+                            Vec::new()
+                        };
                         let dx = if x.track_op() {
                             // dx = g W + scale · gb A
                             let mut dx = with_f32(&self.weight, |w| {
