@@ -66,7 +66,8 @@ impl StateField for PetlState {
 pub struct Sites {
     /// The block calls `LayerPetl::adapter` (a bottleneck adapter after the FFN).
     pub adapter: bool,
-    /// The projections whose output the block adds `LayerPetl::lora_delta` to.
+    /// The projections the block adds a LoRA update to (`LayerPetl::lora_pair` through
+    /// `ops::frozen_linear_lora`, or `LayerPetl::lora_delta` added to the output).
     pub lora: &'static [LoraTarget],
     /// The block prepends `LayerPetl::prefix_kv` to its attention keys and values.
     pub prefix: bool,

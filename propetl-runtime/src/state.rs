@@ -2,7 +2,7 @@
 //! [`PetlContext`]: the effective, masked modules of every layer for one task.
 //!
 //! A model calls [`PetlState::context`] once per forward pass; each injection site then makes
-//! one call on its [`LayerPetl`] (`adapter`, `lora_delta` or `prefix_kv`). The context
+//! one call on its [`LayerPetl`] (`adapter`, `lora_pair` / `lora_delta` or `prefix_kv`). The context
 //! binarizes every score tensor once (task masks once per task, not once per layer) and
 //! applies `W ⊙ M` with the straight-through gradient, so the prototype's gradient is the sum
 //! over all its uses.
@@ -657,7 +657,9 @@ impl LayerPetl {
 
     /// The folded LoRA update `(α/r)·B·A` of `target` (`[H_out, H]`, add it to the frozen
     /// projection's weight) when this layer's context comes from a materialized state;
-    /// `None` while training or where there is no LoRA pair — then use [`lora_delta`](Self::lora_delta).
+    /// `None` while training or where there is no LoRA pair — then use
+    /// [`lora_pair`](Self::lora_pair) with a frozen projection (`ops::frozen_linear_lora`) or
+    /// [`lora_delta`](Self::lora_delta) (the update as a tensor to add).
     pub fn merged_lora(&self, target: LoraTarget) -> Option<&Tensor> {
         match self {
             LayerPetl::Lora(parts) => parts
