@@ -643,7 +643,7 @@ impl LayerPetl {
     }
 
     /// The LoRA pair of `target` as `(A ⊙ M_A, B ⊙ M_B, α/r)`, or `None`: for
-    /// [`ops::frozen_linear_lora`](crate::ops::frozen_linear_lora), which adds the update to a
+    /// [`ops::frozen_linear_lora`], which adds the update to a
     /// frozen projection inside its own product.
     pub fn lora_pair(&self, target: LoraTarget) -> Option<(&Tensor, &Tensor, f64)> {
         match self {
