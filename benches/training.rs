@@ -299,6 +299,9 @@ fn benches() {
             (1024, 768, 3072),
             (1024, 3072, 768),
             (4096, 768, 3072),
+            // the adapter's down and up projections (bottleneck 64) at 32 × 128 rows
+            (4096, 768, 64),
+            (4096, 64, 768),
         ] {
             let x = rng.normal((rows, inp), 1.0, &dev).unwrap();
             let w = rng.normal((out, inp), 0.02, &dev).unwrap();
@@ -335,6 +338,43 @@ fn benches() {
                 json!({"bench": "attention", "batch": batch, "seq": seq, "heads": 12, "scores_s": scores_s, "context_s": context_s, "scores_gflops": flops / scores_s / 1e9, "context_gflops": flops / context_s / 1e9})
             );
         }
+    }
+
+    if want("adapter_ops") {
+        // the ops of one Pfeiffer adapter at inference (32 × 128 rows, bottleneck 64), each
+        // timed alone: where an adapter's share of an inference batch goes
+        let mut rng = PetlRng::seed(7);
+        let rows = 4096usize;
+        let x = rng.normal((rows, 768), 1.0, &dev).unwrap();
+        let res = rng.normal((rows, 768), 1.0, &dev).unwrap();
+        let lw = rng.normal(768, 0.02, &dev).unwrap();
+        let lb = rng.normal(768, 0.02, &dev).unwrap();
+        let dw = rng.normal((64, 768), 0.02, &dev).unwrap();
+        let db = rng.normal(64, 0.02, &dev).unwrap();
+        let uw = rng.normal((768, 64), 0.02, &dev).unwrap();
+        let ub = rng.normal(768, 0.02, &dev).unwrap();
+        let h = rng.normal((rows, 64), 1.0, &dev).unwrap();
+        let reps = if quick { 2 } else { 20 };
+        use propetl::runtime::ops;
+        let t_ln = time(reps, || {
+            ops::frozen_layer_norm(&x, &lw, &lb, 1e-5).unwrap();
+        });
+        let t_down = time(reps, || {
+            ops::frozen_linear(&x, &dw, Some(&db)).unwrap();
+        });
+        let t_act = time(reps, || {
+            ops::activate(&h, propetl::runtime::Activation::Relu).unwrap();
+        });
+        let t_up = time(reps, || {
+            ops::frozen_linear(&h, &uw, Some(&ub)).unwrap();
+        });
+        let t_add = time(reps, || {
+            x.add(&res).unwrap();
+        });
+        println!(
+            "{}",
+            json!({"bench": "adapter_ops", "rows": rows, "layer_norm_ms": t_ln * 1e3, "down_ms": t_down * 1e3, "activation_ms": t_act * 1e3, "up_ms": t_up * 1e3, "residual_add_ms": t_add * 1e3})
+        );
     }
 
     if want("binarize") {

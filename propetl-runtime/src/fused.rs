@@ -1315,13 +1315,29 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// formula of PyTorch's vectorized CPU `erf`, which its GELU uses; vectorizes with [`exp`].
 #[inline(always)]
 fn erf(x: f32) -> f32 {
+    erf_and_gaussian(x).0
+}
+
+/// `(erf(x), exp(-x²))`: [`erf`] and the exponential inside it, which the GELU gradient's
+/// density term needs too (`φ(v) = exp(-(v/√2)²)/√(2π)`) — one `exp` per element, not two.
+#[inline(always)]
+fn erf_and_gaussian(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     let a = x.abs();
     let t = 1.0 / (P * a + 1.0);
     let r =
         (((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6;
-    let y = 1.0 - r * t * exp(-a * a);
-    y.copysign(x)
+    let e = exp(-a * a);
+    let y = 1.0 - r * t * e;
+    (y.copysign(x), e)
+}
+
+/// `Φ(v) + v·φ(v)`, the derivative of `v·Φ(v)`, with one `exp` ([`erf_and_gaussian`]).
+#[inline(always)]
+fn gelu_derivative(v: f32) -> f32 {
+    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    let (erf, gaussian) = erf_and_gaussian(v * std::f32::consts::FRAC_1_SQRT_2);
+    0.5 * (1.0 + erf) + v * gaussian * inv_sqrt_2pi
 }
 
 /// `o = x · Φ(x)`.
@@ -1335,10 +1351,8 @@ fn gelu_block(o: &mut [MaybeUninit<f32>], x: &[f32]) {
 /// `d = g · (Φ(x) + x · φ(x))`, the GELU input gradient.
 #[multiversion(targets = "simd")]
 fn gelu_backward_block(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32]) {
-    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
-        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-        d.write(g * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi));
+        d.write(g * gelu_derivative(v));
     }
 }
 
@@ -1354,11 +1368,8 @@ fn gelu_bias_row(o: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32]) {
 /// [`gelu_backward_block`] at `v = x + b`, one row.
 #[multiversion(targets = "simd")]
 fn gelu_bias_backward_row(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32], b: &[f32]) {
-    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     for (((d, &v), &g), &b) in d.iter_mut().zip(x).zip(g).zip(b) {
-        let v = v + b;
-        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-        d.write(g * (cdf + v * exp(-0.5 * v * v) * inv_sqrt_2pi));
+        d.write(g * gelu_derivative(v + b));
     }
 }
 
@@ -1495,6 +1506,23 @@ mod tests {
         assert_eq!(super::erf(-0.7), -super::erf(0.7));
         assert_eq!(super::erf(f32::INFINITY), 1.0);
         assert_eq!(super::erf(f32::NEG_INFINITY), -1.0);
+    }
+
+    #[test]
+    fn gelu_derivative_matches_the_libm_formula() {
+        // Φ(v) + v·φ(v) with libm's erf and exp in f64
+        let mut worst = 0f64;
+        for i in -12_000..=12_000 {
+            let v = i as f32 * 1e-3;
+            let x = v as f64;
+            let want = 0.5 * (1.0 + libm_erf(v * std::f32::consts::FRAC_1_SQRT_2) as f64)
+                + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            worst = worst.max((super::gelu_derivative(v) as f64 - want).abs());
+        }
+        assert!(worst < 2e-6, "max |GELU' - reference| = {worst}");
+        assert_eq!(super::gelu_derivative(0.0), 0.5);
+        assert_eq!(super::gelu_derivative(-50.0), 0.0);
+        assert_eq!(super::gelu_derivative(50.0), 1.0);
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub struct RobertaLayer {
     query: Linear,
     key: Linear,
     value: Linear,
+    /// `[query; key; value]` stacked (frozen weights only); `query`, `key` and `value` are
+    /// then views of its rows.
+    qkv: Option<Linear>,
     attn_out: Linear,
     attn_norm: LayerNorm,
     intermediate: Linear,
@@ -134,10 +137,23 @@ impl RobertaLayer {
     fn load(vb: VarBuilder, c: &RobertaConfig) -> Result<Self> {
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let att = vb.pp("attention");
+        let own = [
+            Linear::load(att.pp("self").pp("query"), h, h)?,
+            Linear::load(att.pp("self").pp("key"), h, h)?,
+            Linear::load(att.pp("self").pp("value"), h, h)?,
+        ];
+        let (qkv, [query, key, value]) = match Linear::stacked(&own)? {
+            Some((all, views)) => (
+                Some(all),
+                <[Linear; 3]>::try_from(views).expect("three views of three parts"),
+            ),
+            None => (None, own),
+        };
         Ok(Self {
-            query: Linear::load(att.pp("self").pp("query"), h, h)?,
-            key: Linear::load(att.pp("self").pp("key"), h, h)?,
-            value: Linear::load(att.pp("self").pp("value"), h, h)?,
+            query,
+            key,
+            value,
+            qkv,
             attn_out: Linear::load(att.pp("output").pp("dense"), h, h)?,
             attn_norm: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
             intermediate: Linear::load(vb.pp("intermediate").pp("dense"), f, h)?,
@@ -189,9 +205,28 @@ impl RobertaLayer {
         };
         // projections [B, S, H]; ops::attention_scores / attention_context read them per head
         // in place and write the context back as [B, S, H]
-        let q = self.proj(&self.query, &x_out, petl, LoraTarget::Q)?;
-        let mut k = self.proj(&self.key, x, petl, LoraTarget::K)?;
-        let mut v = self.proj(&self.value, x, petl, LoraTarget::V)?;
+        // one product for all three when they are plain frozen projections of the same rows;
+        // the attention ops read the three column blocks of its output in place
+        let plain = |t| petl.lora_pair(t).is_none() && petl.merged_lora(t).is_none();
+        let stacked = self.qkv.as_ref().filter(|_| {
+            rows == HiddenRows::All
+                && [LoraTarget::Q, LoraTarget::K, LoraTarget::V].map(plain) == [true; 3]
+        });
+        let (q, mut k, mut v) = match stacked {
+            Some(qkv) => {
+                let all = qkv.forward(x)?;
+                (
+                    all.narrow(2, 0, h)?,
+                    all.narrow(2, h, h)?,
+                    all.narrow(2, 2 * h, h)?,
+                )
+            }
+            None => (
+                self.proj(&self.query, &x_out, petl, LoraTarget::Q)?,
+                self.proj(&self.key, x, petl, LoraTarget::K)?,
+                self.proj(&self.value, x, petl, LoraTarget::V)?,
+            ),
+        };
         if let Some((pk, pv)) = petl.prefix_kv() {
             k = ops::prefix_cat(pk, &k)?;
             v = ops::prefix_cat(pv, &v)?;

@@ -1,7 +1,7 @@
 //! Methods for backpropagation of gradients.
 use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
 use crate::{Error, Result, Tensor, TensorId};
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 // arg has been reduced to node via reduce_dims, expand it back to arg.
 // This has to handle keepdims.
@@ -166,6 +166,9 @@ impl Tensor {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
+        // propetl patch: gradients this pass allocated for narrowed tensors and that nothing
+        // else holds; later narrows of the same tensor add into them in place
+        let mut owned: HashSet<TensorId> = HashSet::new();
         for node in sorted_nodes.iter() {
             if node.is_variable() {
                 continue;
@@ -173,6 +176,8 @@ impl Tensor {
             let grad = grads
                 .remove(node)
                 .expect("candle internal error - grad not populated");
+            // once handed to its node's rule a gradient may be shared: never mutated again
+            owned.remove(&grad.id());
             // https://github.com/huggingface/candle/issues/1241
             // Ideally, we would make these operations in place where possible to ensure that we
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
@@ -540,6 +545,8 @@ impl Tensor {
                         let grad = (grad / arg.sqr()?)?;
                         *sum_grad = sum_grad.sub(&grad)?
                     }
+                    &Op::Narrow(ref arg, dim, start_idx, len)
+                        if grads.accumulate_narrow(arg, dim, start_idx, len, &grad, &mut owned)? => {}
                     &Op::Narrow(ref arg, dim, start_idx, len) => {
                         let arg_dims = arg.dims();
                         let left_pad = if start_idx == 0 {
@@ -740,6 +747,68 @@ impl GradStore {
             }
         }
         Ok(())
+    }
+
+    /// Add the gradient `grad` of `arg.narrow(dim, start, len)` into `arg`'s gradient, in place
+    /// when this pass allocated that gradient itself (`owned`). Upstream pads `grad` with zeros
+    /// to `arg`'s shape (a `cat`, a strided copy) and adds the padded tensor, so `n` narrows of
+    /// one tensor — the per-layer slices of a prefix MLP's output, the query/key/value of a
+    /// fused projection — cost `n` full-size copies and adds; here the first allocates one
+    /// zero-filled gradient and each adds only its own slice. Same values (each element is
+    /// the same sum in the same order). CPU f32 only; `Ok(false)` leaves the rest to the
+    /// upstream rule.
+    // propetl patch
+    fn accumulate_narrow(
+        &mut self,
+        arg: &Tensor,
+        dim: usize,
+        start: usize,
+        len: usize,
+        grad: &Tensor,
+        owned: &mut HashSet<TensorId>,
+    ) -> Result<bool> {
+        use crate::{CpuStorage, DType, Storage};
+        if !arg.device().is_cpu() || arg.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return Ok(false);
+        }
+        let dims = arg.dims().to_vec();
+        let outer: usize = dims[..dim].iter().product();
+        let inner: usize = dims[dim + 1..].iter().product();
+        let (full, part, at) = (dims[dim] * inner, len * inner, start * inner);
+        if grad.elem_count() != outer * part {
+            return Ok(false);
+        }
+        let target = match self.0.get(&arg.id()) {
+            Some(existing) if owned.contains(&existing.id()) => existing.clone(),
+            existing => {
+                // a buffer of our own: zeros, or a copy of what was accumulated so far
+                let values = match existing {
+                    None => vec![0f32; outer * full],
+                    Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
+                };
+                let fresh = Tensor::from_vec(values, dims.as_slice(), arg.device())?;
+                owned.insert(fresh.id());
+                self.0.insert(arg.id(), fresh.clone());
+                fresh
+            }
+        };
+        let grad = grad.contiguous()?;
+        let (src_storage, src_layout) = grad.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(src)) = &*src_storage else {
+            crate::bail!("narrow backward: expected a CPU f32 gradient")
+        };
+        let src = &src[src_layout.start_offset()..src_layout.start_offset() + outer * part];
+        let mut dst_storage = target.storage_mut();
+        let Storage::Cpu(CpuStorage::F32(dst)) = &mut *dst_storage else {
+            crate::bail!("narrow backward: expected a CPU f32 accumulator")
+        };
+        for (o, src_row) in src.chunks_exact(part.max(1)).enumerate().take(outer) {
+            let dst_row = &mut dst[o * full + at..o * full + at + part];
+            for (d, s) in dst_row.iter_mut().zip(src_row) {
+                *d += *s;
+            }
+        }
+        Ok(true)
     }
 
     /// Subtract `grad` from the gradient of `tensor` (stores `-grad` when it is the first).
