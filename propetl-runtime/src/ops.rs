@@ -163,12 +163,23 @@ pub fn frozen_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
     rms_norm(x, &weight.detach(), eps)
 }
 
-/// `x Wᵀ + b` for `x` of any rank ≥ 2 (`W` is `[out, in]`, PyTorch layout).
+/// `x Wᵀ + b` for `x` of any rank ≥ 2 (`W` is `[out, in]`, PyTorch layout). On the CPU in f32
+/// the product is one op whose backward writes `dW = gᵀ x` in `W`'s own layout (Candle's
+/// matmul rule yields the gradient of `Wᵀ`, which the transpose rule hands back as a strided
+/// view and the gradient store then copies, transposing, into a fresh buffer — 9.4M elements
+/// per step for the unshared prefix MLP) and skips the gradient of an operand that tracks no
+/// variable.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+    let x2 = x.reshape((rows, in_dim))?;
+    let y = if crate::fused::applies(x) && crate::fused::applies(weight) && weight.rank() == 2 {
+        x2.contiguous()?
+            .apply_op2(&weight.contiguous()?, TrainableLinear)?
+    } else {
+        x2.matmul(&weight.t()?)?
+    };
     let y = match bias {
         Some(b) if crate::fused::applies(&y) && crate::fused::applies(b) && b.rank() == 1 => {
             y.apply_op2(&b.contiguous()?, crate::fused::BiasAdd)?
@@ -179,6 +190,69 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = weight.dim(0)?;
     y.reshape(out_dims)
+}
+
+/// `x [m, k] · W [n, k]ᵀ` with gradients for both (see [`linear`]).
+struct TrainableLinear;
+
+impl candle_core::CustomOp2 for TrainableLinear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use crate::fused::{f32_slice, gemm_rows};
+        let (m, k) = l1.shape().dims2()?;
+        let (n, w_in) = l2.shape().dims2()?;
+        if w_in != k {
+            candle_core::bail!("linear: x [{m}, {k}] and W [{n}, {w_in}] do not multiply")
+        }
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let y = gemm_rows(m, n, k, x, (1, k), w, (k, 1), None)?;
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        use crate::fused::{gemm_into, gemm_rows, with_f32};
+        let (m, n) = grad.dims2()?;
+        let k = w.dim(1)?;
+        let dev = grad.device();
+        with_f32(grad, |g| {
+            let dx = if x.track_op() {
+                // dx = g W [m, k]
+                let dx = with_f32(w, |wv| gemm_rows(m, k, n, g, (1, n), wv, (1, k), None))?;
+                Some(Tensor::from_vec(dx, (m, k), dev)?)
+            } else {
+                None
+            };
+            let dw = if w.track_op() {
+                // dW = gᵀ x [n, k], row-major like W
+                let mut dw = vec![0f32; n * k];
+                with_f32(x, |xs| {
+                    gemm_into(&mut dw, (n, k, m), g, (n, 1), xs, (1, k), false, 1.0)
+                })?;
+                Some(Tensor::from_vec(dw, (n, k), dev)?)
+            } else {
+                None
+            };
+            Ok((dx, dw))
+        })
+    }
 }
 
 /// `[prefix; x]` for every sequence: `prefix [P, H]` (prefix-tuning's keys or values, one for
@@ -489,6 +563,11 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// The largest absolute elementwise difference.
+    fn max_abs(p: &Tensor, q: &Tensor) -> Result<f32> {
+        p.sub(q)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
+
     #[test]
     fn softmax_and_layer_norm_pass_gradients() -> Result<()> {
         let dev = Device::Cpu;
@@ -597,9 +676,6 @@ mod tests {
             None,
         )?;
         let composed = linear(x.as_tensor(), &w, Some(&bias))?.add(&(low_rank * scale)?)?;
-        let max_abs = |p: &Tensor, q: &Tensor| -> Result<f32> {
-            p.sub(q)?.abs()?.max_all()?.to_scalar::<f32>()
-        };
         assert_eq!(fused.dims(), &[1, rows, out]);
         assert!(max_abs(&fused, &composed)? < 1e-5);
         let g1 = fused.mul(&t)?.sum_all()?.backward()?;
@@ -634,9 +710,6 @@ mod tests {
         let t = rng.normal((5, 1003), 1.0, &dev)?;
         let fused = log_softmax_last_dim(x.as_tensor())?;
         let composed = log_softmax_composed(x.as_tensor())?;
-        let max_abs = |p: &Tensor, q: &Tensor| -> Result<f32> {
-            p.sub(q)?.abs()?.max_all()?.to_scalar::<f32>()
-        };
         assert!(max_abs(&fused, &composed)? < 1e-4);
         let g1 = fused.mul(&t)?.sum_all()?.backward()?;
         let g2 = composed.mul(&t)?.sum_all()?.backward()?;
@@ -662,6 +735,42 @@ mod tests {
         let expected = w.sum_keepdim(0)?.broadcast_as((4, 3))?;
         let got = grads.get(x.as_tensor()).expect("grad");
         assert!(got.sub(&expected)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        Ok(())
+    }
+
+    /// `linear`'s op against Candle's matmul formulation: values, and gradients of `x`, `W`
+    /// and `b` (`W`'s in its own row-major layout); a frozen operand gets none.
+    #[test]
+    fn linear_matches_the_matmul_formulation_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(13);
+        let x = Var::from_tensor(&rng.normal((2, 5, 7), 1.0, &dev)?)?;
+        let w = Var::from_tensor(&rng.normal((4, 7), 1.0, &dev)?)?;
+        let b = Var::from_tensor(&rng.normal(4, 1.0, &dev)?)?;
+        let t = rng.normal((2, 5, 4), 1.0, &dev)?;
+        let ours = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
+        let composed = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
+        assert_eq!(ours.dims(), &[2, 5, 4]);
+        assert!(max_abs(&ours, &composed)? < 1e-5);
+        let g1 = ours.mul(&t)?.sum_all()?.backward()?;
+        let g2 = composed.mul(&t)?.sum_all()?.backward()?;
+        for v in [&x, &w, &b] {
+            let (p, q) = (
+                g1.get(v.as_tensor()).expect("grad"),
+                g2.get(v.as_tensor()).expect("grad"),
+            );
+            assert!(p.is_contiguous());
+            assert!(max_abs(p, q)? < 1e-4);
+        }
+        let frozen_w = w.as_tensor().detach();
+        let g3 = linear(x.as_tensor(), &frozen_w, None)?
+            .sum_all()?
+            .backward()?;
+        assert!(g3.get(&frozen_w).is_none() && g3.get(x.as_tensor()).is_some());
+        assert!(linear(x.as_tensor(), &rng.normal((4, 6), 1.0, &dev)?, None).is_err());
         Ok(())
     }
 
