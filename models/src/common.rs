@@ -314,11 +314,59 @@ impl Linear {
         }
     }
 
+    /// [`Linear::forward_with_lora`] for a stacked layer ([`Linear::stacked`]) with LoRA pairs
+    /// on some of its parts: `blocks` names each pair's first output column
+    /// (`ops::frozen_linear_lora_blocks`, one op for the whole stack).
+    pub fn forward_with_lora_blocks(
+        &self,
+        x: &Tensor,
+        blocks: &[ops::LoraBlock],
+        scale: f64,
+    ) -> candle_core::Result<Tensor> {
+        if self.weight.is_variable() {
+            candle_core::bail!("a stacked projection is frozen (Linear::stacked)")
+        }
+        ops::frozen_linear_lora_blocks(x, &self.weight, self.bias.as_ref(), blocks, scale)
+    }
+
     /// `x (W + ΔW)ᵀ + b` for a frozen `W` and a weight delta `[out, in]` (a LoRA pair folded
     /// at inference, `LayerPetl::merged_lora`): one product instead of the layer's plus two
     /// low-rank ones and an addition.
     pub fn forward_with_delta(&self, x: &Tensor, delta: &Tensor) -> candle_core::Result<Tensor> {
-        let weight = self.weight.add(delta)?;
+        self.forward_with_row_deltas(x, &[(0, delta)])
+    }
+
+    /// [`Linear::forward_with_delta`] with deltas on row blocks of `W`: `(first row, ΔW)`, in
+    /// order and disjoint (the folded query and value pairs of a stacked projection).
+    pub fn forward_with_row_deltas(
+        &self,
+        x: &Tensor,
+        deltas: &[(usize, &Tensor)],
+    ) -> candle_core::Result<Tensor> {
+        let out = self.weight.dim(0)?;
+        let mut pieces = Vec::with_capacity(2 * deltas.len() + 1);
+        let mut at = 0;
+        for &(start, delta) in deltas {
+            let rows = delta.dim(0)?;
+            if start < at || start + rows > out {
+                candle_core::bail!(
+                    "weight deltas at rows {start}..{} of {out} overlap or overrun",
+                    start + rows
+                )
+            }
+            if start > at {
+                pieces.push(self.weight.narrow(0, at, start - at)?);
+            }
+            pieces.push(self.weight.narrow(0, start, rows)?.add(delta)?);
+            at = start + rows;
+        }
+        if at < out {
+            pieces.push(self.weight.narrow(0, at, out - at)?);
+        }
+        let weight = match pieces.as_slice() {
+            [one] => one.clone(),
+            many => Tensor::cat(many, 0)?,
+        };
         if self.weight.is_variable() {
             ops::linear(x, &weight, self.bias.as_ref())
         } else {

@@ -214,6 +214,7 @@ pub(crate) fn gemm_rows(
     unsafe {
         gemm_call(
             dst.as_mut_ptr(),
+            n,
             (m, n, k),
             lhs,
             lhs_strides,
@@ -244,14 +245,15 @@ fn operands_fit(
 }
 
 /// `dst = (dst if read_dst) + beta · lhs · rhs` by one call of the `gemm` crate on the compute
-/// threads; `dst` is row-major `[m, n]`.
+/// threads; `dst` is row-major `[m, n]` with rows `dst_rs` apart.
 ///
 /// # Safety
 /// The operands must fit their slices ([`operands_fit`]), `m, n, k > 0`, and `dst` must be
-/// valid for `m · n` writes (and reads, with `read_dst`).
+/// valid for writes (and reads, with `read_dst`) at `i · dst_rs + j` for `i < m`, `j < n`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_call(
     dst: *mut f32,
+    dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     lhs: &[f32],
     lhs_strides: (usize, usize),
@@ -274,7 +276,7 @@ unsafe fn gemm_call(
             k,
             dst,
             1,
-            n as isize,
+            dst_rs as isize,
             read_dst,
             lhs.as_ptr(),
             lhs_strides.0 as isize,
@@ -306,7 +308,41 @@ pub(crate) fn gemm_into(
     accumulate: bool,
     scale: f32,
 ) -> Result<()> {
-    if dst.len() != m * n || !operands_fit((m, n, k), lhs, lhs_strides, rhs, rhs_strides) {
+    if dst.len() != m * n {
+        candle_core::bail!("gemm_into: the output does not hold [{m}, {n}]")
+    }
+    gemm_into_columns(
+        dst,
+        (n, 0),
+        (m, n, k),
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        accumulate,
+        scale,
+    )
+}
+
+/// [`gemm_into`] for a block of columns of a wider row-major output: `dst` rows are
+/// `row_len` apart and the `[m, n]` product lands in columns `at .. at + n` of each (the
+/// other columns are neither read nor written).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into_columns(
+    dst: &mut [f32],
+    (row_len, at): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    accumulate: bool,
+    scale: f32,
+) -> Result<()> {
+    if at + n > row_len
+        || (m > 0 && n > 0 && (m - 1) * row_len + at + n > dst.len())
+        || !operands_fit((m, n, k), lhs, lhs_strides, rhs, rhs_strides)
+    {
         candle_core::bail!("gemm_into: operands do not fit their slices")
     }
     if m == 0 || n == 0 {
@@ -314,14 +350,18 @@ pub(crate) fn gemm_into(
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for row in dst.chunks_mut(row_len).take(m) {
+                row[at..at + n].fill(0.0);
+            }
         }
         return Ok(());
     }
-    // SAFETY: the operands fit (checked above) and `dst` holds m·n initialized elements
+    // SAFETY: the operands fit and every [m, n] position (row i at i·row_len + at + j, j < n)
+    // lies inside `dst`'s initialized elements (checked above)
     unsafe {
         gemm_call(
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().add(at),
+            row_len,
             (m, n, k),
             lhs,
             lhs_strides,

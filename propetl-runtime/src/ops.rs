@@ -381,46 +381,124 @@ pub fn frozen_linear_lora(
     b: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    let on_cpu = [x, weight, a, b].iter().all(|t| crate::fused::applies(t));
-    if !on_cpu {
-        let y = frozen_linear(x, weight, bias)?;
-        return y.add(&(linear(&linear(x, a, None)?, b, None)? * scale)?);
-    }
+    frozen_linear_lora_blocks(x, weight, bias, &[LoraBlock { at: 0, a, b }], scale)
+}
+
+/// A LoRA pair on the output columns `at .. at + B.rows` of a (stacked) frozen projection.
+#[derive(Debug, Clone, Copy)]
+pub struct LoraBlock<'a> {
+    /// The first output column the pair updates.
+    pub at: usize,
+    /// `A [r, in]`.
+    pub a: &'a Tensor,
+    /// `B [width, r]`.
+    pub b: &'a Tensor,
+}
+
+/// [`frozen_linear_lora`] for several LoRA pairs on disjoint column blocks of one frozen
+/// projection — the query and value pairs of a stacked `[query; key; value]` layer: one gemm
+/// for the stacked product, one for every `x Aᵢᵀ` together, one per block for its update, and
+/// backward the input gradient `g W + scale · Σᵢ (g Bᵢ) Aᵢ` as two products. Every pair has the
+/// same rank and `scale`.
+pub fn frozen_linear_lora_blocks(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    blocks: &[LoraBlock],
+    scale: f64,
+) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let (out, w_in) = weight.dims2()?;
-    let (r, a_in) = a.dims2()?;
-    let (b_out, b_r) = b.dims2()?;
-    if w_in != in_dim || a_in != in_dim || b_out != out || b_r != r {
-        candle_core::bail!(
-            "frozen_linear_lora: x {:?}, W {:?}, A {:?}, B {:?} do not compose",
-            dims,
-            weight.dims(),
-            a.dims(),
-            b.dims()
-        )
+    let rank = blocks.first().map(|p| p.a.dim(0)).transpose()?.unwrap_or(0);
+    let mut end = 0;
+    for p in blocks {
+        let ((r, a_in), (width, b_r)) = (p.a.dims2()?, p.b.dims2()?);
+        if w_in != in_dim
+            || a_in != in_dim
+            || b_r != r
+            || r != rank
+            || p.at < end
+            || p.at + width > out
+        {
+            candle_core::bail!(
+                "frozen_linear_lora: x {:?}, W {:?}, A {:?}, B {:?} at column {} do not compose",
+                dims,
+                weight.dims(),
+                p.a.dims(),
+                p.b.dims(),
+                p.at
+            )
+        }
+        end = p.at + width;
     }
+    if blocks.is_empty() {
+        return frozen_linear(x, weight, bias);
+    }
+    let on_cpu = [x, weight].iter().all(|t| crate::fused::applies(t))
+        && blocks
+            .iter()
+            .all(|p| crate::fused::applies(p.a) && crate::fused::applies(p.b));
+    if !on_cpu {
+        // composed: each block's update padded with zeros to the full width
+        let mut y = frozen_linear(x, weight, bias)?;
+        for p in blocks {
+            let delta = (linear(&linear(x, p.a, None)?, p.b, None)? * scale)?;
+            let width = p.b.dim(0)?;
+            let last = delta.rank() - 1;
+            let delta = delta.pad_with_zeros(last, p.at, out - p.at - width)?;
+            y = y.add(&delta)?;
+        }
+        return Ok(y);
+    }
+    let cat = |ts: Vec<&Tensor>| -> Result<Tensor> {
+        match ts.as_slice() {
+            [one] => one.contiguous(),
+            many => Tensor::cat(many, 0)?.contiguous(),
+        }
+    };
+    let a_all = cat(blocks.iter().map(|p| p.a).collect())?;
+    let b_all = cat(blocks.iter().map(|p| p.b).collect())?;
     let x2 = x.reshape((rows, in_dim))?.contiguous()?;
     let op = FrozenLinearLora {
         weight: weight.detach(),
         bias: bias.map(|b| b.detach()),
         scale: scale as f32,
+        blocks: blocks
+            .iter()
+            .map(|p| Ok((p.at, p.b.dim(0)?)))
+            .collect::<Result<_>>()?,
     };
-    let y = x2.apply_op3_arc(
-        &a.contiguous()?,
-        &b.contiguous()?,
-        std::sync::Arc::new(Box::new(op)),
-    )?;
+    let y = x2.apply_op3_arc(&a_all, &b_all, std::sync::Arc::new(Box::new(op)))?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = out;
     y.reshape(out_dims)
 }
 
+/// `x Wᵀ + b` plus, for block `i` at columns `(at, width)`, `scale · (x Aᵢᵀ) Bᵢᵀ`; the op's
+/// `A` operand is every `Aᵢ` stacked (`[n·r, in]`), its `B` every `Bᵢ` (`[Σ width, r]`).
 struct FrozenLinearLora {
     weight: Tensor,
     bias: Option<Tensor>,
     scale: f32,
+    blocks: Vec<(usize, usize)>,
+}
+
+impl FrozenLinearLora {
+    /// Each block with its output columns `(at, width)`, its columns of `x Aᵀ` / rows of `A`
+    /// (from `r·i`) and its first row of `B`.
+    fn parts(&self, r: usize) -> impl Iterator<Item = ((usize, usize), usize, usize)> + '_ {
+        let mut b_row = 0;
+        self.blocks
+            .iter()
+            .enumerate()
+            .map(move |(i, &(at, width))| {
+                let part = ((at, width), r * i, b_row);
+                b_row += width;
+                part
+            })
+    }
 }
 
 impl candle_core::CustomOp3 for FrozenLinearLora {
@@ -437,10 +515,11 @@ impl candle_core::CustomOp3 for FrozenLinearLora {
         s3: &candle_core::CpuStorage,
         l3: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use crate::fused::{f32_slice, gemm_into, gemm_rows, with_f32};
+        use crate::fused::{f32_slice, gemm_into_columns, gemm_rows, with_f32};
         let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (m, k) = l1.shape().dims2()?;
-        let (r, _) = l2.shape().dims2()?;
+        let (ra, _) = l2.shape().dims2()?;
+        let r = ra / self.blocks.len();
         let n = self.weight.dim(0)?;
         let bias = match &self.bias {
             Some(b) => Some(b.to_vec1::<f32>()?),
@@ -450,9 +529,21 @@ impl candle_core::CustomOp3 for FrozenLinearLora {
         let mut y = with_f32(&self.weight, |w| {
             gemm_rows(m, n, k, x, (1, k), w, (k, 1), bias.as_deref())
         })?;
-        // xa = x Aᵀ [m, r]; y += scale · xa Bᵀ
-        let xa = gemm_rows(m, r, k, x, (1, k), a, (k, 1), None)?;
-        gemm_into(&mut y, (m, n, r), &xa, (1, r), b, (r, 1), true, self.scale)?;
+        // xa = x Aᵀ [m, n·r] for every pair; block i: y[:, at..at+width] += scale · xaᵢ Bᵢᵀ
+        let xa = gemm_rows(m, ra, k, x, (1, k), a, (k, 1), None)?;
+        for ((at, width), xa_at, b_row) in self.parts(r) {
+            gemm_into_columns(
+                &mut y,
+                (n, at),
+                (m, width, r),
+                &xa[xa_at..],
+                (1, ra),
+                &b[b_row * r..],
+                (r, 1),
+                true,
+                self.scale,
+            )?;
+        }
         Ok((
             candle_core::CpuStorage::F32(y),
             candle_core::Shape::from((m, n)),
@@ -467,18 +558,34 @@ impl candle_core::CustomOp3 for FrozenLinearLora {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::fused::{gemm_into, gemm_rows, with_f32};
+        use crate::fused::{gemm_into, gemm_into_columns, gemm_rows, with_f32};
         let (m, n) = grad.dims2()?;
-        let (r, k) = a.dims2()?;
+        let (ra, k) = a.dims2()?;
+        let r = ra / self.blocks.len();
         let s = self.scale;
         let dev = grad.device();
         with_f32(grad, |g| {
             with_f32(x, |xs| {
                 with_f32(a, |av| {
                     with_f32(b, |bv| {
-                        // gb = g B [m, r], needed by dx and dA only
+                        // gb = [g_i B_i]_i [m, n·r] (g_i: block i's columns of g), needed by
+                        // dx and dA only
                         let gb = if x.track_op() || a.track_op() {
-                            gemm_rows(m, r, n, g, (1, n), bv, (1, r), None)?
+                            let mut gb = vec![0f32; m * ra];
+                            for ((at, width), gb_at, b_row) in self.parts(r) {
+                                gemm_into_columns(
+                                    &mut gb,
+                                    (ra, gb_at),
+                                    (m, r, width),
+                                    &g[at..],
+                                    (1, n),
+                                    &bv[b_row * r..],
+                                    (1, r),
+                                    false,
+                                    1.0,
+                                )?;
+                            }
+                            gb
                         } else {
                             Vec::new()
                         };
@@ -487,25 +594,37 @@ impl candle_core::CustomOp3 for FrozenLinearLora {
                             let mut dx = with_f32(&self.weight, |w| {
                                 gemm_rows(m, k, n, g, (1, n), w, (1, k), None)
                             })?;
-                            gemm_into(&mut dx, (m, k, r), &gb, (1, r), av, (1, k), true, s)?;
+                            gemm_into(&mut dx, (m, k, ra), &gb, (1, ra), av, (1, k), true, s)?;
                             Some(Tensor::from_vec(dx, (m, k), dev)?)
                         } else {
                             None
                         };
                         let da = if a.track_op() {
-                            // dA = scale · gbᵀ x [r, k]
-                            let mut da = vec![0f32; r * k];
-                            gemm_into(&mut da, (r, k, m), &gb, (r, 1), xs, (1, k), false, s)?;
-                            Some(Tensor::from_vec(da, (r, k), dev)?)
+                            // dA = scale · gbᵀ x [n·r, k]
+                            let mut da = vec![0f32; ra * k];
+                            gemm_into(&mut da, (ra, k, m), &gb, (ra, 1), xs, (1, k), false, s)?;
+                            Some(Tensor::from_vec(da, (ra, k), dev)?)
                         } else {
                             None
                         };
                         let db = if b.track_op() {
-                            // dB = scale · gᵀ (x Aᵀ) [n, r]
-                            let xa = gemm_rows(m, r, k, xs, (1, k), av, (k, 1), None)?;
-                            let mut db = vec![0f32; n * r];
-                            gemm_into(&mut db, (n, r, m), g, (n, 1), &xa, (1, r), false, s)?;
-                            Some(Tensor::from_vec(db, (n, r), dev)?)
+                            // dB_i = scale · g_iᵀ (x A_iᵀ) [width, r]
+                            let xa = gemm_rows(m, ra, k, xs, (1, k), av, (k, 1), None)?;
+                            let rows_b = b.dim(0)?;
+                            let mut db = vec![0f32; rows_b * r];
+                            for ((at, width), xa_at, b_row) in self.parts(r) {
+                                gemm_into(
+                                    &mut db[b_row * r..(b_row + width) * r],
+                                    (width, r, m),
+                                    &g[at..],
+                                    (n, 1),
+                                    &xa[xa_at..],
+                                    (1, ra),
+                                    false,
+                                    s,
+                                )?;
+                            }
+                            Some(Tensor::from_vec(db, (rows_b, r), dev)?)
                         } else {
                             None
                         };
@@ -698,6 +817,81 @@ mod tests {
             frozen_linear_lora(x.as_tensor(), &w, None, b.as_tensor(), a.as_tensor(), scale)
                 .is_err()
         );
+        Ok(())
+    }
+
+    /// Two pairs on column blocks of one stacked projection (a query block at 0 and a value
+    /// block after an untouched key block), against the composed form with each update padded
+    /// to the full width: values and the gradients of x, both A and both B.
+    #[test]
+    fn frozen_linear_lora_blocks_match_the_padded_updates_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(14);
+        let (rows, inp, width, r) = (9, 6, 4, 3);
+        let out = 3 * width;
+        let x = Var::from_tensor(&rng.normal((1, rows, inp), 1.0, &dev)?)?;
+        let w = rng.normal((out, inp), 0.5, &dev)?;
+        let bias = rng.normal(out, 0.5, &dev)?;
+        let vars: Vec<Var> = [(r, inp), (width, r), (r, inp), (width, r)]
+            .into_iter()
+            .map(|shape| Var::from_tensor(&rng.normal(shape, 0.5, &dev)?))
+            .collect::<Result<_>>()?;
+        let [aq, bq, av, bv] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+        let t = rng.normal((1, rows, out), 1.0, &dev)?;
+        let scale = 1.5;
+        let blocks = [
+            LoraBlock {
+                at: 0,
+                a: aq,
+                b: bq,
+            },
+            LoraBlock {
+                at: 2 * width,
+                a: av,
+                b: bv,
+            },
+        ];
+        let fused = frozen_linear_lora_blocks(x.as_tensor(), &w, Some(&bias), &blocks, scale)?;
+        let update = |a: &Tensor, b: &Tensor, at: usize| -> Result<Tensor> {
+            (linear(&linear(x.as_tensor(), a, None)?, b, None)? * scale)?.pad_with_zeros(
+                2,
+                at,
+                out - at - width,
+            )
+        };
+        let composed = linear(x.as_tensor(), &w, Some(&bias))?
+            .add(&update(aq, bq, 0)?)?
+            .add(&update(av, bv, 2 * width)?)?;
+        assert_eq!(fused.dims(), &[1, rows, out]);
+        assert!(max_abs(&fused, &composed)? < 1e-5);
+        let g1 = fused.mul(&t)?.sum_all()?.backward()?;
+        let g2 = composed.mul(&t)?.sum_all()?.backward()?;
+        for v in std::iter::once(&x).chain(&vars) {
+            let (p, q) = (
+                g1.get(v.as_tensor()).expect("grad"),
+                g2.get(v.as_tensor()).expect("grad"),
+            );
+            assert!(max_abs(p, q)? < 1e-4, "{:?}", v.dims());
+        }
+        // overlapping or out-of-range blocks, or pairs of different ranks, are errors
+        let overlapping = [blocks[0], LoraBlock { at: 2, ..blocks[1] }];
+        assert!(frozen_linear_lora_blocks(x.as_tensor(), &w, None, &overlapping, scale).is_err());
+        let beyond = [LoraBlock {
+            at: out - 2,
+            ..blocks[1]
+        }];
+        assert!(frozen_linear_lora_blocks(x.as_tensor(), &w, None, &beyond, scale).is_err());
+        let a2 = rng.normal((r + 1, inp), 0.5, &dev)?;
+        let b2 = rng.normal((width, r + 1), 0.5, &dev)?;
+        let mixed = [
+            blocks[0],
+            LoraBlock {
+                at: 2 * width,
+                a: &a2,
+                b: &b2,
+            },
+        ];
+        assert!(frozen_linear_lora_blocks(x.as_tensor(), &w, None, &mixed, scale).is_err());
         Ok(())
     }
 

@@ -182,6 +182,41 @@ impl RobertaLayer {
         }
     }
 
+    /// `[query; key; value]` of `x` through the stacked layer, with the layer's LoRA pairs
+    /// (training) or folded LoRA deltas (inference) on their blocks; `None` when the pairs
+    /// cannot share one op (different ranks or scales).
+    fn stacked_projection(
+        qkv: &Linear,
+        x: &Tensor,
+        petl: &LayerPetl,
+        h: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let targets = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
+        let merged: Vec<(usize, &Tensor)> = (0..3)
+            .filter_map(|i| petl.merged_lora(targets[i]).map(|d| (i * h, d)))
+            .collect();
+        if !merged.is_empty() {
+            return qkv.forward_with_row_deltas(x, &merged).map(Some);
+        }
+        let pairs: Vec<(usize, (&Tensor, &Tensor, f64))> = (0..3)
+            .filter_map(|i| petl.lora_pair(targets[i]).map(|p| (i * h, p)))
+            .collect();
+        let Some(&(_, (first_a, _, scale))) = pairs.first() else {
+            return qkv.forward(x).map(Some);
+        };
+        if pairs
+            .iter()
+            .any(|(_, (a, _, s))| *s != scale || a.dims() != first_a.dims())
+        {
+            return Ok(None);
+        }
+        let blocks: Vec<ops::LoraBlock> = pairs
+            .iter()
+            .map(|&(at, (a, b, _))| ops::LoraBlock { at, a, b })
+            .collect();
+        qkv.forward_with_lora_blocks(x, &blocks, scale).map(Some)
+    }
+
     /// `x [B,S,H]`, `attention_bias [B,1,1,S(+P)]` (0 attend, large negative for padding).
     /// Returns `[B,S,H]`, or `[B,1,H]` with [`HiddenRows::First`]: the first position's
     /// query attends over every key and value, and only its row goes through the attention
@@ -205,22 +240,18 @@ impl RobertaLayer {
         };
         // projections [B, S, H]; ops::attention_scores / attention_context read them per head
         // in place and write the context back as [B, S, H]
-        // one product for all three when they are plain frozen projections of the same rows;
+        // one product for all three when they project the same rows (LoRA pairs included);
         // the attention ops read the three column blocks of its output in place
-        let plain = |t| petl.lora_pair(t).is_none() && petl.merged_lora(t).is_none();
-        let stacked = self.qkv.as_ref().filter(|_| {
-            rows == HiddenRows::All
-                && [LoraTarget::Q, LoraTarget::K, LoraTarget::V].map(plain) == [true; 3]
-        });
+        let stacked = match (&self.qkv, rows) {
+            (Some(qkv), HiddenRows::All) => Self::stacked_projection(qkv, x, petl, h)?,
+            _ => None,
+        };
         let (q, mut k, mut v) = match stacked {
-            Some(qkv) => {
-                let all = qkv.forward(x)?;
-                (
-                    all.narrow(2, 0, h)?,
-                    all.narrow(2, h, h)?,
-                    all.narrow(2, 2 * h, h)?,
-                )
-            }
+            Some(all) => (
+                all.narrow(2, 0, h)?,
+                all.narrow(2, h, h)?,
+                all.narrow(2, 2 * h, h)?,
+            ),
             None => (
                 self.proj(&self.query, &x_out, petl, LoraTarget::Q)?,
                 self.proj(&self.key, x, petl, LoraTarget::K)?,
