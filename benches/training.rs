@@ -236,6 +236,9 @@ fn side(args: &[String]) {
     let vocab = config.vocab_size;
     let ckpt = Checkpoint::random(config, 0.02, &mut PetlRng::seed(2), &Device::Cpu).unwrap();
     let model = build(variant, &ckpt);
+    // the random checkpoint holds every weight; the model keeps what it needs (a file-backed
+    // checkpoint is read into the model the same way), so its copies do not count
+    drop(ckpt);
     let threads = candle_core::utils::get_num_threads();
     let mut times = Vec::new();
     if mode == "infer" {
