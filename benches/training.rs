@@ -380,6 +380,28 @@ fn benches() {
         );
     }
 
+    if want("gelu") {
+        // the FFN's GELU (exact, bias inside) forward and input gradient at 8 × 128 rows
+        let mut rng = PetlRng::seed(8);
+        let x =
+            candle_core::Var::from_tensor(&rng.normal((1024, 3072), 1.0, &dev).unwrap()).unwrap();
+        let b = rng.normal(3072, 0.02, &dev).unwrap();
+        let gelu = propetl::runtime::Activation::Gelu;
+        let reps = if quick { 2 } else { 20 };
+        let forward_s = time(reps, || {
+            propetl::runtime::ops::activate_with_bias(x.as_tensor(), Some(&b), gelu).unwrap();
+        });
+        let y = propetl::runtime::ops::activate_with_bias(x.as_tensor(), Some(&b), gelu).unwrap();
+        let loss = y.sum_all().unwrap();
+        let backward_s = time(reps, || {
+            loss.backward().unwrap();
+        });
+        println!(
+            "{}",
+            json!({"bench": "gelu", "rows": 1024, "width": 3072, "forward_ms": forward_s * 1e3, "backward_ms": backward_s * 1e3})
+        );
+    }
+
     if want("binarize") {
         let mut rng = PetlRng::seed(1);
         for (name, shape, keep) in [

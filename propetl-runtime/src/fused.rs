@@ -22,7 +22,10 @@ const MIN_ROWS: usize = 16;
 // once per SIMD level of the crate's preset list and picked at run time, so their loops
 // vectorize with wide registers instead of the portable x86-64 baseline (SSE2). On the
 // AVX-512 machine of docs/performance.md the preset picks its AVX2 + FMA version; explicit
-// AVX-512 versions measured slower there (a roberta-base step 2.46/2.51 s against 2.20/2.16 s).
+// AVX-512 versions of every kernel measured slower there (a roberta-base step 2.46/2.51 s
+// against 2.20/2.16 s). The GELU kernels, bound by arithmetic (erf's polynomial, a division
+// and an `exp` per element) rather than memory, have an AVX-512 version first: the forward
+// pass over [1024, 3072] 2.1–2.5 ms → 1.5–2.1 ms (`cargo bench --bench training -- gelu`).
 // The instructions change, the arithmetic does not: no fused multiply-adds are formed and every
 // sum has a fixed order, so all versions give the same bits.
 
@@ -1161,8 +1164,13 @@ impl Dropout {
             .for_each(|(block, bits)| {
                 let mut rng = ChaCha8Rng::from_seed(seed);
                 rng.set_stream(block as u64);
-                for b in bits.iter_mut() {
-                    *b = rng.random::<u32>() < threshold;
+                // the block's words in one bulk fill (the same words, in the same order, as
+                // one `random::<u32>()` per element), then a comparison loop that vectorizes
+                let mut words = [0u32; CHUNK];
+                let words = &mut words[..bits.len()];
+                rng.fill(words);
+                for (b, &w) in bits.iter_mut().zip(words.iter()) {
+                    *b = w < threshold;
                 }
             });
         Self {
@@ -1381,7 +1389,15 @@ fn gelu_derivative(v: f32) -> f32 {
 }
 
 /// `o = x · Φ(x)`.
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon"
+))]
 fn gelu_block(o: &mut [MaybeUninit<f32>], x: &[f32]) {
     for (o, &v) in o.iter_mut().zip(x) {
         o.write(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
@@ -1389,7 +1405,15 @@ fn gelu_block(o: &mut [MaybeUninit<f32>], x: &[f32]) {
 }
 
 /// `d = g · (Φ(x) + x · φ(x))`, the GELU input gradient.
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon"
+))]
 fn gelu_backward_block(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32]) {
     for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
         d.write(g * gelu_derivative(v));
@@ -1397,7 +1421,15 @@ fn gelu_backward_block(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32]) {
 }
 
 /// `o = v · Φ(v)` for `v = x + b` (a row and its frozen bias).
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon"
+))]
 fn gelu_bias_row(o: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32]) {
     for ((o, &v), &b) in o.iter_mut().zip(x).zip(b) {
         let v = v + b;
@@ -1406,7 +1438,15 @@ fn gelu_bias_row(o: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32]) {
 }
 
 /// [`gelu_backward_block`] at `v = x + b`, one row.
-#[multiversion(targets = "simd")]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon"
+))]
 fn gelu_bias_backward_row(d: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32], b: &[f32]) {
     for (((d, &v), &g), &b) in d.iter_mut().zip(x).zip(g).zip(b) {
         d.write(g * gelu_derivative(v + b));
@@ -1546,6 +1586,29 @@ mod tests {
         assert_eq!(super::erf(-0.7), -super::erf(0.7));
         assert_eq!(super::erf(f32::INFINITY), 1.0);
         assert_eq!(super::erf(f32::NEG_INFINITY), -1.0);
+    }
+
+    /// The bulk-filled dropout bits are those of one `random::<u32>()` per element, block by
+    /// block (so masks drawn before the change are drawn again from the same seeds).
+    #[test]
+    fn dropout_bits_follow_the_per_element_stream() {
+        use super::{ChaCha8Rng, CHUNK};
+        use rand::{Rng, SeedableRng};
+        let seed = crate::rng::PetlRng::seed(21).seed_bytes();
+        for n in [1, 5, CHUNK - 1, CHUNK, 2 * CHUNK + 37] {
+            let keep = 0.9;
+            let threshold = (keep * 4_294_967_296.0) as u32;
+            let ours = super::Dropout::new(n, keep, seed);
+            let mut want = Vec::with_capacity(n);
+            for block in 0..n.div_ceil(CHUNK) {
+                let mut rng = ChaCha8Rng::from_seed(seed);
+                rng.set_stream(block as u64);
+                for _ in 0..CHUNK.min(n - block * CHUNK) {
+                    want.push(rng.random::<u32>() < threshold);
+                }
+            }
+            assert_eq!(*ours.kept, want, "n = {n}");
+        }
     }
 
     #[test]
