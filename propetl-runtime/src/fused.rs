@@ -1073,6 +1073,100 @@ impl CustomOp1 for FrozenLayerNorm {
     }
 }
 
+/// `LayerNorm(a + b)` with frozen parameters (a residual connection and the norm after it):
+/// each row's sum lives in a per-thread scratch row instead of a tensor of its own, so the
+/// forward pass reads `a` and `b` once and writes only the output (the addition's full-size
+/// write and the norm's read of it are gone, and the sum is not kept for the backward pass,
+/// which recomputes it row by row). Both inputs get the same gradient, the LayerNorm's input
+/// gradient; the same bits as [`FrozenLayerNorm`] of `a + b`.
+pub(crate) struct FrozenAddLayerNorm(pub(crate) FrozenLayerNorm);
+
+/// `f(out_row, a_row + b_row, row_range)` over paired rows of `n` elements in parallel, the
+/// sum in a per-thread scratch row (`row_range`: the row's elements, to read other tensors of
+/// the same shape).
+fn map_summed_rows(
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    f: impl Fn(&mut [MaybeUninit<f32>], &[f32], std::ops::Range<usize>) + Sync + Send,
+) -> Result<Vec<f32>> {
+    if a.len() != b.len() || n == 0 || !a.len().is_multiple_of(n) {
+        candle_core::bail!("add-layer-norm: rows of unequal shapes")
+    }
+    // SAFETY: the rows of n elements cover the output, and every `f` writes its whole row
+    Ok(unsafe {
+        fresh(a.len(), |out| {
+            out.par_chunks_mut(n)
+                .enumerate()
+                .with_min_len(MIN_ROWS)
+                .for_each_init(
+                    || vec![MaybeUninit::<f32>::uninit(); n],
+                    |sum, (i, o)| {
+                        let rows = i * n..(i + 1) * n;
+                        add_row(sum, &a[rows.clone()], &b[rows.clone()]);
+                        // SAFETY: `add_row` wrote every element of the scratch row
+                        let sum = assume_init(sum);
+                        f(o, sum, rows);
+                    },
+                )
+        })
+    })
+}
+
+impl candle_core::CustomOp2 for FrozenAddLayerNorm {
+    fn name(&self) -> &'static str {
+        "frozen-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = *l1.dims().last().unwrap_or(&1);
+        let ln = &self.0;
+        if l1.dims() != l2.dims() || ln.weight.len() != n || ln.bias.len() != n {
+            candle_core::bail!(
+                "frozen-add-layer-norm: inputs {:?} and {:?}, parameters of {}",
+                l1.dims(),
+                l2.dims(),
+                ln.weight.len()
+            )
+        }
+        let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (w, bias, eps) = (&ln.weight, &ln.bias, ln.eps);
+        let y = map_summed_rows(a, b, n, |o, r, _| layer_norm_row(o, r, w, bias, eps))?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = *a.dims().last().unwrap_or(&1);
+        let (w, eps) = (&self.0.weight, self.0.eps);
+        let d = with_f32(a, |av| {
+            with_f32(b, |bv| {
+                with_f32(grad, |g| {
+                    if g.len() != av.len() {
+                        candle_core::bail!("frozen-add-layer-norm: a gradient of another shape")
+                    }
+                    map_summed_rows(av, bv, n, |d, r, rows| {
+                        layer_norm_backward_row(d, r, &g[rows], w, eps)
+                    })
+                })
+            })
+        })?;
+        let d = Tensor::from_vec(d, a.shape(), a.device())?;
+        Ok((Some(d.clone()), Some(d)))
+    }
+}
+
 /// T5's RMS LayerNorm `y = w · x / sqrt(mean(x²) + eps)` over the last dimension with a
 /// frozen `weight`: the backward pass returns only the input gradient
 /// `dx = r·(w⊙g) − x·r³·mean(w⊙g⊙x)`, `r = 1/sqrt(mean(x²) + eps)`; row sums in f64. It keeps

@@ -62,6 +62,29 @@ pub fn frozen_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
     layer_norm(x, &weight.detach(), &bias.detach(), eps)
 }
 
+/// [`frozen_layer_norm`] of `x + residual` (a residual connection and the LayerNorm after it)
+/// as one op on the CPU in f32: the sum is never materialized (see
+/// `fused::FrozenAddLayerNorm`); both inputs get the norm's input gradient. Composed
+/// elsewhere.
+pub fn frozen_add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let on_cpu = [x, residual, weight, bias]
+        .iter()
+        .all(|t| crate::fused::applies(t));
+    if on_cpu && x.dims() == residual.dims() {
+        let op = crate::fused::FrozenAddLayerNorm(crate::fused::FrozenLayerNorm::new(
+            weight, bias, eps,
+        )?);
+        return x.contiguous()?.apply_op2(&residual.contiguous()?, op);
+    }
+    frozen_layer_norm(&x.add(residual)?, weight, bias, eps)
+}
+
 /// Attention probabilities `softmax(scale · scores + bias)` over the last dimension, for
 /// `scores [B, H, S, K]` and a frozen additive `bias` that broadcasts to it (a padding mask
 /// `[B, 1, 1, K]`, T5's position bias `[1, H, S, K]`, or their sum). Gradients reach
@@ -965,6 +988,41 @@ mod tests {
             .backward()?;
         assert!(g3.get(&frozen_w).is_none() && g3.get(x.as_tensor()).is_some());
         assert!(linear(x.as_tensor(), &rng.normal((4, 6), 1.0, &dev)?, None).is_err());
+        Ok(())
+    }
+
+    /// The fused residual + LayerNorm equals the frozen LayerNorm of the sum bit for bit, and
+    /// both inputs get its input gradient; shapes that differ are an error.
+    #[test]
+    fn frozen_add_layer_norm_matches_the_norm_of_the_sum() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(15);
+        let x = Var::from_tensor(&rng.normal((3, 37, 24), 1.0, &dev)?)?;
+        let r = Var::from_tensor(&rng.normal((3, 37, 24), 1.0, &dev)?)?;
+        let (w, b) = (rng.normal(24, 1.0, &dev)?, rng.normal(24, 1.0, &dev)?);
+        let t = rng.normal((3, 37, 24), 1.0, &dev)?;
+        let fused = frozen_add_layer_norm(x.as_tensor(), r.as_tensor(), &w, &b, 1e-5)?;
+        let sum = x.as_tensor().add(r.as_tensor())?;
+        let reference = frozen_layer_norm(&sum, &w, &b, 1e-5)?;
+        assert_eq!(
+            fused.flatten_all()?.to_vec1::<f32>()?,
+            reference.flatten_all()?.to_vec1::<f32>()?
+        );
+        let g1 = fused.mul(&t)?.sum_all()?.backward()?;
+        let g2 = reference.mul(&t)?.sum_all()?.backward()?;
+        for v in [&x, &r] {
+            let (p, q) = (
+                g1.get(v.as_tensor()).expect("grad"),
+                g2.get(v.as_tensor()).expect("grad"),
+            );
+            assert_eq!(
+                p.flatten_all()?.to_vec1::<f32>()?,
+                q.flatten_all()?.to_vec1::<f32>()?
+            );
+        }
+        // a residual of another shape does not silently broadcast
+        let short = rng.normal((3, 36, 24), 1.0, &dev)?;
+        assert!(frozen_add_layer_norm(x.as_tensor(), &short, &w, &b, 1e-5).is_err());
         Ok(())
     }
 

@@ -37,6 +37,16 @@ impl LayerNorm {
             ops::frozen_layer_norm(x, &self.weight, &self.bias, self.eps)
         }
     }
+
+    /// `LayerNorm(x + residual)`; frozen, one op that never materializes the sum
+    /// (`ops::frozen_add_layer_norm`).
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        if self.weight.is_variable() {
+            self.forward(&x.add(residual)?)
+        } else {
+            ops::frozen_add_layer_norm(x, residual, &self.weight, &self.bias, self.eps)
+        }
+    }
 }
 
 /// Word, position and token-type embeddings.
@@ -270,16 +280,19 @@ impl RobertaLayer {
             &self.proj(&self.attn_out, &ctx, petl, LoraTarget::O)?,
             self.dropout,
         )?;
-        let x1 = self.attn_norm.forward(&att.add(&x_out)?)?;
+        let x1 = self.attn_norm.forward_residual(&att, &x_out)?;
         let inter = self.intermediate.forward_activated(&x1, self.act)?;
         let hid = mode.dropout(&self.output.forward(&inter)?, self.dropout)?;
-        let res = hid.add(&x1)?;
+        if !matches!(petl, LayerPetl::Adapter(_)) {
+            return self.out_norm.forward_residual(&hid, &x1);
+        }
         // Pfeiffer placement (method page §3): u = LN(h + x); y = LN(A(u) + h + x)
+        let res = hid.add(&x1)?;
         match petl
             .adapter(&self.out_norm.forward(&res)?)
             .map_err(candle_core::Error::wrap)?
         {
-            Some(a) => self.out_norm.forward(&a.add(&res)?),
+            Some(a) => self.out_norm.forward_residual(&a, &res),
             None => self.out_norm.forward(&res),
         }
     }
