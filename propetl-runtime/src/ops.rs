@@ -251,15 +251,13 @@ impl candle_core::CustomOp2 for TrainableLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        use crate::fused::{gemm_into, gemm_rows, with_f32};
+        use crate::fused::{gemm_into, with_f32};
         let (m, n) = grad.dims2()?;
         let k = w.dim(1)?;
         let dev = grad.device();
         with_f32(grad, |g| {
             let dx = if x.track_op() {
-                // dx = g W [m, k]
-                let dx = with_f32(w, |wv| gemm_rows(m, k, n, g, (1, n), wv, (1, k), None))?;
-                Some(Tensor::from_vec(dx, (m, k), dev)?)
+                Some(linear_input_gradient(grad, w)?)
             } else {
                 None
             };
@@ -358,16 +356,21 @@ impl candle_core::CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // dx [m, k] = g [m, n] · W [n, k]
-        let (m, n) = grad.dims2()?;
-        let k = self.weight.dim(1)?;
-        let dx = crate::fused::with_f32(grad, |g| {
-            crate::fused::with_f32(&self.weight, |w| {
-                crate::fused::gemm_rows(m, k, n, g, (1, n), w, (1, k), None)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
+        linear_input_gradient(grad, &self.weight).map(Some)
     }
+}
+
+/// The input gradient of `x Wᵀ`: `dx [m, k] = g [m, n] · W [n, k]`, one gemm (shared by the
+/// frozen and the trainable product).
+fn linear_input_gradient(grad: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (m, n) = grad.dims2()?;
+    let k = weight.dim(1)?;
+    let dx = crate::fused::with_f32(grad, |g| {
+        crate::fused::with_f32(weight, |w| {
+            crate::fused::gemm_rows(m, k, n, g, (1, n), w, (1, k), None)
+        })
+    })?;
+    Tensor::from_vec(dx, (m, k), grad.device())
 }
 
 /// `act(x + bias)` for a **frozen** `bias` over the last dimension (the output of a linear
