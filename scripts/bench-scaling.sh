@@ -17,6 +17,7 @@ PY=${PY:-python3}
 OUT=${OUT:-bench-results/scaling-$(date -u +%Y%m%dT%H%MZ).jsonl}
 mkdir -p "$(dirname "$OUT")"
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+"$PY" scripts/machine-info.py >>"$OUT"
 BIN=$(scripts/bench-bin.sh)
 IFS=, read -ra seqs <<<"$SEQS"
 IFS=, read -ra batches <<<"$BATCHES"

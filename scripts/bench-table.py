@@ -19,12 +19,16 @@ def main(argv):
     paths = [a for a in argv if not a.startswith("--")]
     rows = {}
     overhead = None
+    machines = {}
     for path in paths:
         with open(path) as f:
             for line in f:
                 if not line.startswith("{"):
                     continue
                 d = json.loads(line)
+                if d.get("bench") == "machine":
+                    machines[json.dumps(d, sort_keys=True)] = d
+                    continue
                 if d.get("bench") == "mask_overhead":
                     overhead = d
                     continue
@@ -49,6 +53,15 @@ def main(argv):
         rss = lambda runs: f"{max(x['peak_rss_mb'] for x in runs):,.0f}" if runs else "-"
         n = f"{len(t)}/{len(r)}" if len(t) != len(r) else str(len(t))
         table.append([mode, shape, variant, n, fmt(tv), fmt(rv), ratio, rss(t), rss(r)])
+    for m in machines.values():
+        isa = "AVX-512" if m.get("avx512f") else ("AVX2" if m.get("avx2") else "no AVX2")
+        print(f"machine: {m.get('cpu')} ({m.get('vendor')}, family {m.get('cpu_family')} model "
+              f"{m.get('cpu_model')}, {isa}), {m.get('cpus')} CPUs, {m.get('mem_gib')} GiB; "
+              f"torch {m.get('torch')} (CPU capability {m.get('torch_cpu_capability')}, "
+              f"MKL {m.get('torch_mkl')})")
+    if len(machines) > 1:
+        print("warning: these files come from more than one machine; compare ratios per machine",
+              file=sys.stderr)
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

@@ -49,6 +49,9 @@ fi
 # the same thread count on both sides: torch through bench.py --threads, Candle (rayon) here
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
+# the machine first: the ratios depend on the CPU (scripts/machine-info.py)
+"$PY" scripts/machine-info.py >>"$OUT"
+
 echo "building the Rust bench (release)..." >&2
 BIN=$(scripts/bench-bin.sh)
 [ -x "$BIN" ] || { echo "error: could not build benches/training.rs" >&2; exit 1; }

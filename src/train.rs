@@ -505,7 +505,7 @@ pub fn train_from(
 }
 
 fn snapshot(model: &dyn TaskModel, opt: &AdamW, progress: Progress) -> Result<TrainCheckpoint> {
-    let (optimizer_steps, moments) = opt.state();
+    let (optimizer_steps, moments) = opt.state()?;
     Ok(TrainCheckpoint {
         params: trainable_values(model)?,
         moments,

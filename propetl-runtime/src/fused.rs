@@ -1340,68 +1340,86 @@ pub(crate) struct AdamWScalars {
     pub(crate) decay: Option<f32>,
 }
 
-/// One AdamW update of an f32 parameter in one parallel pass: returns the new parameter and
-/// moments. Moments absent on the first step count as zeros. The arithmetic is the composed
-/// update's, op for op in f32 (Candle's scalar ops are `x · mul + add`): `m' = m·β₁ + g·(1−β₁)`,
-/// `v' = v·β₂ + g²·(1−β₂)`, `p' = p·decay − m' / (sqrt(v')·inv_sqrt_bias2 + eps) · step_size`
-/// — so the optimizer-step fixtures and resumed runs see the same values. Replaces about a
-/// dozen full-size passes (and allocations) per tensor.
-pub(crate) fn adamw_update(
-    param: &[f32],
-    grad: &[f32],
-    moments: Option<(&[f32], &[f32])>,
-    s: &AdamWScalars,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let n = param.len();
-    if grad.len() != n || moments.is_some_and(|(m, v)| m.len() != n || v.len() != n) {
-        candle_core::bail!("adamw: a gradient or moment does not match its parameter of {n}")
-    }
-    let (mut new_param, mut new_m, mut new_v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let zeros;
-    let (m, v) = match moments {
-        Some(mv) => mv,
-        None => {
-            zeros = vec![0f32; n];
-            (zeros.as_slice(), zeros.as_slice())
+/// Runs `f` on the contiguous f32 data of `t` in place, through Candle's in-place op (the
+/// write lock of `t`'s storage is held while `f` runs; nested calls lock different storages).
+/// Every tensor sharing `t`'s storage sees the change, as with [`candle_core::Var::set`].
+pub(crate) fn with_f32_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    struct InPlace<F>(std::cell::RefCell<Option<F>>);
+    impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for InPlace<F> {
+        fn name(&self) -> &'static str {
+            "in-place-f32"
         }
-    };
-    new_param.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .zip(new_m.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
-        .zip(new_v.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
-        .zip(param.par_chunks(CHUNK))
-        .zip(grad.par_chunks(CHUNK))
-        .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-        .for_each(|(((((p1, m1), v1), p), g), (m, v))| adamw_block(p1, m1, v1, p, g, m, v, s));
-    // SAFETY: the chunks of all seven slices (each of n elements, checked above) line up, and
-    // `adamw_block` writes every element of its three output chunks
-    unsafe {
-        new_param.set_len(n);
-        new_m.set_len(n);
-        new_v.set_len(n);
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+            let CpuStorage::F32(data) = storage else {
+                candle_core::bail!("in-place op: expected f32")
+            };
+            let Some((a, b)) = layout.contiguous_offsets() else {
+                candle_core::bail!("in-place op: the tensor must be contiguous")
+            };
+            match self.0.borrow_mut().take() {
+                Some(f) => f(&mut data[a..b]),
+                None => candle_core::bail!("in-place op: applied twice"),
+            }
+        }
     }
-    Ok((new_param, new_m, new_v))
+    t.inplace_op1(&InPlace(std::cell::RefCell::new(Some(f))))
 }
 
-#[allow(clippy::too_many_arguments)]
-#[multiversion(targets = "simd")]
-fn adamw_block(
-    new_param: &mut [MaybeUninit<f32>],
-    new_m: &mut [MaybeUninit<f32>],
-    new_v: &mut [MaybeUninit<f32>],
-    param: &[f32],
-    grad: &[f32],
-    m: &[f32],
-    v: &[f32],
+/// Whether two tensors are views of one storage (the address of the storage each locks; one
+/// lock held at a time).
+pub(crate) fn same_storage(a: &Tensor, b: &Tensor) -> bool {
+    let address = |t: &Tensor| &*t.storage_and_layout().0 as *const Storage as usize;
+    address(a) == address(b)
+}
+
+/// One AdamW update of an f32 parameter, in place and in one parallel pass: the parameter
+/// `param` and its moments `m`, `v` (three tensors with storages of their own, contiguous,
+/// of `grad`'s length) are overwritten with their new values; nothing is allocated. The
+/// arithmetic is the composed update's, op for op in f32 (Candle's scalar ops are
+/// `x · mul + add`): `m' = m·β₁ + g·(1−β₁)`, `v' = v·β₂ + g²·(1−β₂)`,
+/// `p' = p·decay − m' / (sqrt(v')·inv_sqrt_bias2 + eps) · step_size` — so the
+/// optimizer-step fixtures and resumed runs see the same values. Replaces about a dozen
+/// full-size passes and allocations per tensor, and the copy of `Var::set`.
+pub(crate) fn adamw_in_place(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
     s: &AdamWScalars,
-) {
-    let len = new_param.len();
-    let (new_m, new_v) = (&mut new_m[..len], &mut new_v[..len]);
-    let (param, grad, m, v) = (&param[..len], &grad[..len], &m[..len], &v[..len]);
+) -> Result<()> {
+    let all = [param, grad, m, v];
+    if (0..4).any(|i| (i + 1..4).any(|j| same_storage(all[i], all[j]))) {
+        candle_core::bail!(
+            "adamw: the parameter, its gradient and its two moments must not share storage"
+        )
+    }
+    with_f32(grad, |grad| {
+        with_f32_mut(param, |param| {
+            with_f32_mut(m, |m| {
+                with_f32_mut(v, |v| {
+                    let n = param.len();
+                    if grad.len() != n || m.len() != n || v.len() != n {
+                        candle_core::bail!(
+                            "adamw: a gradient or moment does not match its parameter of {n}"
+                        )
+                    }
+                    param
+                        .par_chunks_mut(CHUNK)
+                        .zip(m.par_chunks_mut(CHUNK))
+                        .zip(v.par_chunks_mut(CHUNK))
+                        .zip(grad.par_chunks(CHUNK))
+                        .for_each(|(((p, m), v), g)| adamw_block(p, m, v, g, s));
+                    Ok(())
+                })
+            })
+        })
+    })
+}
+
+#[multiversion(targets = "simd")]
+fn adamw_block(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamWScalars) {
+    let len = param.len();
+    let (m, v, grad) = (&mut m[..len], &mut v[..len], &grad[..len]);
     for i in 0..len {
         let g = grad[i];
         let m1 = (m[i] * s.beta1 + 0.0) + (g * s.one_minus_beta1 + 0.0);
@@ -1411,10 +1429,25 @@ fn adamw_block(
             Some(d) => param[i] * d + 0.0,
             None => param[i],
         };
-        new_param[i].write(decayed - ((m1 / denom) * s.step_size + 0.0));
-        new_m[i].write(m1);
-        new_v[i].write(v1);
+        param[i] = decayed - ((m1 / denom) * s.step_size + 0.0);
+        m[i] = m1;
+        v[i] = v1;
     }
+}
+
+/// `Σ x²` of the f32 data of `t` in f64 (fixed-order partial sums per [`CHUNK`], added in
+/// order: the result does not depend on the thread count), without allocating: the gradient
+/// norm of [`crate::clip_grad_norm`].
+pub(crate) fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    with_f32(t, |x| {
+        let partial: Vec<f64> = x.par_chunks(CHUNK).map(sum_of_squares_block).collect();
+        Ok(partial.iter().sum())
+    })
+}
+
+#[multiversion(targets = "simd")]
+fn sum_of_squares_block(x: &[f32]) -> f64 {
+    lane_sum(x, |v| (v as f64) * (v as f64))
 }
 
 /// `exp(x)` in f32 (Cephes' `expf`: range reduction by ln 2 and a degree-6 polynomial,

@@ -174,11 +174,15 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     let mut sq = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            sq += if crate::fused::applies(g) {
+                // one parallel pass in f64, no squared copy of the gradient
+                crate::fused::sum_of_squares(g)?
+            } else {
+                g.to_dtype(candle_core::DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?
+            };
         }
     }
     let norm = sq.sqrt();
@@ -235,14 +239,14 @@ impl AdamW {
     }
 
     /// The optimizer's state: the step count and each variable's moments `(m, v, t)` by name
-    /// (detached copies), for resumable training.
-    pub fn state(&self) -> (usize, BTreeMap<String, (Tensor, Tensor, usize)>) {
+    /// (copies: the optimizer updates its moments in place), for resumable training.
+    pub fn state(&self) -> Result<(usize, BTreeMap<String, (Tensor, Tensor, usize)>)> {
         let moments = self
             .moments
             .iter()
-            .map(|(k, (m, v, t))| (k.clone(), (m.detach(), v.detach(), *t)))
-            .collect();
-        (self.step, moments)
+            .map(|(k, (m, v, t))| Ok((k.clone(), (m.copy()?, v.copy()?, *t))))
+            .collect::<Result<_>>()?;
+        Ok((self.step, moments))
     }
 
     /// Continue from a [`state`](Self::state): every moment must belong to a variable of the
@@ -264,6 +268,13 @@ impl AdamW {
                 known: known.keys().copied().collect::<Vec<_>>().join(", "),
             })?;
             for t in [m, v] {
+                if t.dtype() != var.dtype() {
+                    return Err(PetlError::config(format!(
+                        "AdamW moment of {name} is {:?}, its variable {:?}",
+                        t.dtype(),
+                        var.dtype()
+                    )));
+                }
                 if t.dims() != var.dims() {
                     return Err(PetlError::Shape {
                         name: format!("AdamW moment of {name}"),
@@ -274,7 +285,12 @@ impl AdamW {
             }
         }
         self.step = step;
-        self.moments = moments.into_iter().collect();
+        // copies of our own: the moments are updated in place, and the caller's tensors (or
+        // two moments given as one tensor) must not change with them
+        self.moments = moments
+            .into_iter()
+            .map(|(k, (m, v, t))| Ok((k, (m.contiguous()?.copy()?, v.contiguous()?.copy()?, t))))
+            .collect::<Result<_>>()?;
         Ok(())
     }
 
@@ -319,8 +335,12 @@ impl AdamW {
                 let grad = grad.to_dtype(var.dtype())?;
                 let moments = self.moments.remove(name);
                 let t = moments.as_ref().map_or(0, |(_, _, t)| *t) + 1;
-                if crate::fused::applies(var.as_tensor()) {
-                    // the same update in one parallel pass (fused.rs)
+                if crate::fused::applies(var.as_tensor())
+                    && var.is_contiguous()
+                    && !crate::fused::same_storage(&grad, var.as_tensor())
+                {
+                    // the same update in one parallel pass, in place (fused.rs): the
+                    // variable's storage and its moments are overwritten, nothing allocated
                     let bc1 = 1.0 - b1.powi(t as i32);
                     let bc2 = 1.0 - b2.powi(t as i32);
                     let scalars = crate::fused::AdamWScalars {
@@ -334,20 +354,11 @@ impl AdamW {
                         decay: (g.weight_decay != 0.0)
                             .then_some((1.0 - lr * g.weight_decay) as f32),
                     };
-                    let (new, m, v) = crate::fused::with_f32(var.as_tensor(), |p| {
-                        crate::fused::with_f32(&grad, |gr| match &moments {
-                            Some((m, v, _)) => crate::fused::with_f32(m, |m| {
-                                crate::fused::with_f32(v, |v| {
-                                    crate::fused::adamw_update(p, gr, Some((m, v)), &scalars)
-                                })
-                            }),
-                            None => crate::fused::adamw_update(p, gr, None, &scalars),
-                        })
-                    })?;
-                    let (shape, dev) = (var.shape().clone(), var.device().clone());
-                    var.set(&Tensor::from_vec(new, shape.clone(), &dev)?)?;
-                    let m = Tensor::from_vec(m, shape.clone(), &dev)?;
-                    let v = Tensor::from_vec(v, shape, &dev)?;
+                    let (m, v) = match moments {
+                        Some((m, v, _)) => (m, v),
+                        None => (var.zeros_like()?, var.zeros_like()?),
+                    };
+                    crate::fused::adamw_in_place(var.as_tensor(), &grad, &m, &v, &scalars)?;
                     self.moments.insert(name.clone(), (m, v, t));
                     continue;
                 }
@@ -407,16 +418,90 @@ mod tests {
             decay: Some((1.0 - lr * wd) as f32),
         };
         let host = |t: &Tensor| t.to_vec1::<f32>();
-        let (fused, fm, fv) = crate::fused::adamw_update(
-            &host(&p)?,
-            &host(&g)?,
-            Some((&host(&m)?, &host(&v)?)),
-            &scalars,
-        )?;
-        assert_eq!(fused, host(&composed)?);
-        assert_eq!((fm, fv), (host(&m1)?, host(&v1)?));
-        // mismatched lengths are an error, not a panic
-        assert!(crate::fused::adamw_update(&[1.0], &[1.0, 2.0], None, &scalars).is_err());
+        // in place: copies of p, m, v are overwritten
+        let (fp, fm, fv) = (p.copy()?, m.copy()?, v.copy()?);
+        crate::fused::adamw_in_place(&fp, &g, &fm, &fv, &scalars)?;
+        assert_eq!(host(&fp)?, host(&composed)?);
+        assert_eq!((host(&fm)?, host(&fv)?), (host(&m1)?, host(&v1)?));
+        // mismatched lengths and shared storages are errors, not a panic or a deadlock
+        let short = rng.normal(4999, 1.0, &dev)?;
+        assert!(crate::fused::adamw_in_place(&fp, &short, &fm, &fv, &scalars).is_err());
+        assert!(crate::fused::adamw_in_place(&fp, &g, &fm, &fm, &scalars).is_err());
+        assert!(crate::fused::adamw_in_place(&fp, &fp.detach(), &fm, &fv, &scalars).is_err());
+        assert_eq!(
+            host(&fp)?,
+            host(&composed)?,
+            "a refused update changed nothing"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn step_updates_in_place_and_state_is_a_snapshot() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(9);
+        let start = rng.normal((40, 30), 1.0, &dev)?;
+        let optimizer = |var: &Var| {
+            let group = ParamGroup {
+                name: "decay".into(),
+                lr: 1e-2,
+                weight_decay: 0.01,
+                params: vec![("w".into(), var.clone())],
+            };
+            AdamW::new(vec![group], Schedule::Constant)
+        };
+        // the gradient at the variable's current value
+        let grads = |var: &Var| (var.as_tensor().sqr()?.sum_all()? * 0.5)?.backward();
+        let var = Var::from_tensor(&start)?;
+        let alias = var.as_tensor().detach(); // shares the variable's storage
+        let mut opt = optimizer(&var);
+        opt.step(&grads(&var)?)?;
+        let after_one = var.as_tensor().copy()?;
+        assert!(max_abs_diff(&after_one, &start)? > 0.0);
+        // the variable's own storage was updated: every view of it sees the new values
+        assert_eq!(max_abs_diff(&alias, &after_one)?, 0.0);
+        let (steps, snapshot) = opt.state()?;
+        let m_then = snapshot["w"].0.copy()?;
+        opt.step(&grads(&var)?)?;
+        // the snapshot taken after the first step did not move with the moments
+        assert_eq!(max_abs_diff(&snapshot["w"].0, &m_then)?, 0.0);
+        assert!(max_abs_diff(&opt.state()?.1["w"].0, &m_then)? > 0.0);
+        // resuming from the snapshot takes the same second step, and leaves it untouched
+        let resumed_var = Var::from_tensor(&after_one)?;
+        let mut resumed = optimizer(&resumed_var);
+        resumed.set_state(steps, snapshot.clone())?;
+        resumed.step(&grads(&resumed_var)?)?;
+        assert_eq!(max_abs_diff(resumed_var.as_tensor(), var.as_tensor())?, 0.0);
+        assert_eq!(max_abs_diff(&snapshot["w"].0, &m_then)?, 0.0);
+        Ok(())
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    }
+
+    #[test]
+    fn gradient_norm_is_the_f64_sum_of_squares() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::PetlRng::seed(10);
+        let x = rng.normal(100_003, 1.0, &dev)?;
+        let want: f64 = x
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum();
+        let got = crate::fused::sum_of_squares(&x)?;
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+        // a strided view is read through a contiguous copy
+        let m = rng.normal((300, 7), 1.0, &dev)?;
+        let t = m.t()?;
+        let want: f64 = m
+            .to_vec2::<f32>()?
+            .iter()
+            .flatten()
+            .map(|&v| (v as f64).powi(2))
+            .sum();
+        assert!((crate::fused::sum_of_squares(&t)? - want).abs() <= 1e-12 * want);
         Ok(())
     }
 
