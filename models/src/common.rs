@@ -10,7 +10,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use propetl_runtime::{ops, PetlConfig, PetlRng, Variant};
+use propetl_runtime::{ops, LayerPetl, LoraTarget, PetlConfig, PetlRng, Variant};
 
 use crate::error::{ModelError, Result};
 
@@ -263,17 +263,62 @@ impl Linear {
         let mut at = 0;
         for p in parts {
             let out = p.weight.dim(0)?;
-            views.push(Linear {
-                weight: all.weight.narrow(0, at, out)?,
-                bias: all
-                    .bias
-                    .as_ref()
-                    .map(|b| b.narrow(0, at, out))
-                    .transpose()?,
-            });
+            views.push(all.rows(at, out)?);
             at += out;
         }
         Ok(Some((all, views)))
+    }
+
+    /// The rows `[start, start + len)` of this layer (weight and bias) as views: no copy.
+    pub fn rows(&self, start: usize, len: usize) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight: self.weight.narrow(0, start, len)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.narrow(0, start, len))
+                .transpose()?,
+        })
+    }
+
+    /// All parts of a stacked layer ([`Linear::stacked`]) of `x` in one product, with the
+    /// layer's LoRA pairs (training) or folded LoRA deltas (inference) on their blocks:
+    /// `parts` names each part's LoRA target and first output column, in order. `None` when
+    /// the pairs cannot share one op (different ranks or scales): then project part by part.
+    pub fn forward_stacked(
+        &self,
+        x: &Tensor,
+        petl: Option<&LayerPetl>,
+        parts: &[(LoraTarget, usize)],
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some(petl) = petl else {
+            return self.forward(x).map(Some);
+        };
+        let merged: Vec<(usize, &Tensor)> = parts
+            .iter()
+            .filter_map(|&(target, at)| petl.merged_lora(target).map(|d| (at, d)))
+            .collect();
+        if !merged.is_empty() {
+            return self.forward_with_row_deltas(x, &merged).map(Some);
+        }
+        let pairs: Vec<(usize, (&Tensor, &Tensor, f64))> = parts
+            .iter()
+            .filter_map(|&(target, at)| petl.lora_pair(target).map(|p| (at, p)))
+            .collect();
+        let Some(&(_, (first_a, _, scale))) = pairs.first() else {
+            return self.forward(x).map(Some);
+        };
+        if pairs
+            .iter()
+            .any(|(_, (a, _, s))| *s != scale || a.dims() != first_a.dims())
+        {
+            return Ok(None);
+        }
+        let blocks: Vec<ops::LoraBlock> = pairs
+            .iter()
+            .map(|&(at, (a, b, _))| ops::LoraBlock { at, a, b })
+            .collect();
+        self.forward_with_lora_blocks(x, &blocks, scale).map(Some)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -623,5 +668,123 @@ pub(crate) mod tests {
             e.contains("Toy has no variant `lora` (supported: ; none at all)"),
             "{e}"
         );
+    }
+
+    /// The stacked product (`Linear::forward_stacked`: RoBERTa's `[q; k; v]`, T5's self- and
+    /// cross-attention stacks) against the parts projected one by one: values and every
+    /// gradient with LoRA pairs on two blocks (training), values with folded deltas
+    /// (inference), with and without biases, and the `[k; v]` row view of a stack.
+    #[test]
+    fn stacked_projection_matches_part_by_part() -> Result<()> {
+        use propetl_runtime::state::LoraModule;
+        use propetl_runtime::LayerPetl;
+        let dev = Device::Cpu;
+        let mut rng = PetlRng::seed(11);
+        let (h, i, r, scale) = (16usize, 8usize, 4usize, 1.5f64);
+        let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        for with_bias in [false, true] {
+            let part = |rng: &mut PetlRng| -> Result<Linear> {
+                Ok(Linear {
+                    weight: rng.normal((i, h), 0.3, &dev)?,
+                    bias: if with_bias {
+                        Some(rng.normal(i, 0.1, &dev)?)
+                    } else {
+                        None
+                    },
+                })
+            };
+            let parts = [part(&mut rng)?, part(&mut rng)?, part(&mut rng)?];
+            let (all, views) = Linear::stacked(&parts)?.expect("frozen parts stack");
+            let layout = [
+                (LoraTarget::Q, 0),
+                (LoraTarget::K, i),
+                (LoraTarget::V, 2 * i),
+            ];
+            let var = |rng: &mut PetlRng, shape: (usize, usize)| -> Result<candle_core::Var> {
+                Ok(candle_core::Var::from_tensor(
+                    &rng.normal(shape, 0.2, &dev)?,
+                )?)
+            };
+            let (aq, bq) = (var(&mut rng, (r, h))?, var(&mut rng, (i, r))?);
+            let (av, bv) = (var(&mut rng, (r, h))?, var(&mut rng, (i, r))?);
+            let x = candle_core::Var::from_tensor(&rng.normal((2, 3, h), 1.0, &dev)?)?;
+            let module = |target, a: &candle_core::Var, b: &candle_core::Var| LoraModule {
+                target,
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale,
+                merged_weight: None,
+            };
+            let petl = LayerPetl::Lora(vec![
+                module(LoraTarget::Q, &aq, &bq),
+                module(LoraTarget::V, &av, &bv),
+            ]);
+            let stacked = all
+                .forward_stacked(&x, Some(&petl), &layout)?
+                .expect("one rank and scale share one op");
+            let separate = Tensor::cat(
+                &[
+                    views[0].forward_with_lora(&x, (&aq, &bq, scale))?,
+                    views[1].forward(&x)?,
+                    views[2].forward_with_lora(&x, (&av, &bv, scale))?,
+                ],
+                2,
+            )?;
+            assert!(max_diff(&stacked, &separate)? < 1e-5, "values");
+            let weights = rng.normal(stacked.dims(), 1.0, &dev)?;
+            let g1 = stacked.mul(&weights)?.sum_all()?.backward()?;
+            let g2 = separate.mul(&weights)?.sum_all()?.backward()?;
+            for v in [&aq, &bq, &av, &bv, &x] {
+                let (a, b) = (g1.get(v).expect("gradient"), g2.get(v).expect("gradient"));
+                assert!(max_diff(a, b)? < 1e-4, "gradients");
+            }
+            // the [k; v] rows of the stack, as T5's cross-attention and cache use them
+            let kv = all.rows(i, 2 * i)?;
+            let both = kv
+                .forward_stacked(&x, Some(&petl), &[(LoraTarget::K, 0), (LoraTarget::V, i)])?
+                .expect("one pair");
+            assert!(
+                max_diff(&both, &separate.narrow(2, i, 2 * i)?)? < 1e-5,
+                "kv rows"
+            );
+            // no PETL: the plain product
+            let plain = all.forward_stacked(&x, None, &layout)?.expect("plain");
+            assert!(max_diff(&plain, &all.forward(&x)?)? == 0.0);
+            // inference: the pairs folded into weight deltas on their row blocks
+            let folded = |a: &candle_core::Var, b: &candle_core::Var| b.matmul(a)? * scale;
+            let (dq, dv) = (folded(&aq, &bq)?, folded(&av, &bv)?);
+            let merged = LayerPetl::Lora(vec![
+                LoraModule {
+                    merged_weight: Some(dq.clone()),
+                    ..module(LoraTarget::Q, &aq, &bq)
+                },
+                LoraModule {
+                    merged_weight: Some(dv.clone()),
+                    ..module(LoraTarget::V, &av, &bv)
+                },
+            ]);
+            let inferred = all
+                .forward_stacked(&x, Some(&merged), &layout)?
+                .expect("folded");
+            let separate = Tensor::cat(
+                &[
+                    views[0].forward_with_delta(&x, &dq)?,
+                    views[1].forward(&x)?,
+                    views[2].forward_with_delta(&x, &dv)?,
+                ],
+                2,
+            )?;
+            assert!(max_diff(&inferred, &separate)? < 1e-5, "folded deltas");
+            // pairs of different ranks cannot share one op: the caller projects part by part
+            let (a2, b2) = (var(&mut rng, (r + 1, h))?, var(&mut rng, (i, r + 1))?);
+            let mixed = LayerPetl::Lora(vec![
+                module(LoraTarget::Q, &aq, &bq),
+                module(LoraTarget::V, &a2, &b2),
+            ]);
+            assert!(all.forward_stacked(&x, Some(&mixed), &layout)?.is_none());
+        }
+        Ok(())
     }
 }

@@ -192,41 +192,6 @@ impl RobertaLayer {
         }
     }
 
-    /// `[query; key; value]` of `x` through the stacked layer, with the layer's LoRA pairs
-    /// (training) or folded LoRA deltas (inference) on their blocks; `None` when the pairs
-    /// cannot share one op (different ranks or scales).
-    fn stacked_projection(
-        qkv: &Linear,
-        x: &Tensor,
-        petl: &LayerPetl,
-        h: usize,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let targets = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
-        let merged: Vec<(usize, &Tensor)> = (0..3)
-            .filter_map(|i| petl.merged_lora(targets[i]).map(|d| (i * h, d)))
-            .collect();
-        if !merged.is_empty() {
-            return qkv.forward_with_row_deltas(x, &merged).map(Some);
-        }
-        let pairs: Vec<(usize, (&Tensor, &Tensor, f64))> = (0..3)
-            .filter_map(|i| petl.lora_pair(targets[i]).map(|p| (i * h, p)))
-            .collect();
-        let Some(&(_, (first_a, _, scale))) = pairs.first() else {
-            return qkv.forward(x).map(Some);
-        };
-        if pairs
-            .iter()
-            .any(|(_, (a, _, s))| *s != scale || a.dims() != first_a.dims())
-        {
-            return Ok(None);
-        }
-        let blocks: Vec<ops::LoraBlock> = pairs
-            .iter()
-            .map(|&(at, (a, b, _))| ops::LoraBlock { at, a, b })
-            .collect();
-        qkv.forward_with_lora_blocks(x, &blocks, scale).map(Some)
-    }
-
     /// `x [B,S,H]`, `attention_bias [B,1,1,S(+P)]` (0 attend, large negative for padding).
     /// Returns `[B,S,H]`, or `[B,1,H]` with [`HiddenRows::First`]: the first position's
     /// query attends over every key and value, and only its row goes through the attention
@@ -253,7 +218,15 @@ impl RobertaLayer {
         // one product for all three when they project the same rows (LoRA pairs included);
         // the attention ops read the three column blocks of its output in place
         let stacked = match (&self.qkv, rows) {
-            (Some(qkv), HiddenRows::All) => Self::stacked_projection(qkv, x, petl, h)?,
+            (Some(qkv), HiddenRows::All) => qkv.forward_stacked(
+                x,
+                Some(petl),
+                &[
+                    (LoraTarget::Q, 0),
+                    (LoraTarget::K, h),
+                    (LoraTarget::V, 2 * h),
+                ],
+            )?,
             _ => None,
         };
         let (q, mut k, mut v) = match stacked {

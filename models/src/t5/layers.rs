@@ -18,20 +18,74 @@ struct Attention {
     q: Linear,
     k: Linear,
     v: Linear,
+    /// `[q; k; v]` stacked (frozen weights): `q`, `k` and `v` are views of its rows, and so
+    /// is `kv`, its rows `[k; v]`. Self-attention projects all three in one product,
+    /// cross-attention and the key/value cache the two of `kv`.
+    qkv: Option<Linear>,
+    kv: Option<Linear>,
     o: Linear,
     heads: usize,
+    /// `num_heads · d_kv`: the width of each of q, k, v.
+    inner: usize,
 }
 
 impl Attention {
     fn load(vb: VarBuilder, c: &T5Config) -> Result<Self> {
         let inner = c.num_heads * c.d_kv;
+        let own = [
+            Linear::load_no_bias(vb.pp("q"), inner, c.d_model)?,
+            Linear::load_no_bias(vb.pp("k"), inner, c.d_model)?,
+            Linear::load_no_bias(vb.pp("v"), inner, c.d_model)?,
+        ];
+        let (qkv, [q, k, v]) = match Linear::stacked(&own)? {
+            Some((all, views)) => (
+                Some(all),
+                <[Linear; 3]>::try_from(views).expect("three views of three parts"),
+            ),
+            None => (None, own),
+        };
+        let kv = qkv
+            .as_ref()
+            .map(|all| all.rows(inner, 2 * inner))
+            .transpose()?;
         Ok(Self {
-            q: Linear::load_no_bias(vb.pp("q"), inner, c.d_model)?,
-            k: Linear::load_no_bias(vb.pp("k"), inner, c.d_model)?,
-            v: Linear::load_no_bias(vb.pp("v"), inner, c.d_model)?,
+            q,
+            k,
+            v,
+            qkv,
+            kv,
             o: Linear::load_no_bias(vb.pp("o"), c.d_model, inner)?,
             heads: c.num_heads,
+            inner,
         })
+    }
+
+    /// Query, keys and values `[B, S, H·d_kv]` of `x` attending to itself: one product
+    /// through the stacked `[q; k; v]` (the LoRA pairs on q and v inside it), three views of
+    /// its output; projection by projection where the layer has no stack or its pairs
+    /// cannot share one op.
+    fn project_self(
+        &self,
+        x: &Tensor,
+        lora: Option<&LayerPetl>,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let i = self.inner;
+        let parts = [
+            (LoraTarget::Q, 0),
+            (LoraTarget::K, i),
+            (LoraTarget::V, 2 * i),
+        ];
+        if let Some(stack) = &self.qkv {
+            if let Some(all) = stack.forward_stacked(x, lora, &parts)? {
+                return Ok((
+                    all.narrow(2, 0, i)?,
+                    all.narrow(2, i, i)?,
+                    all.narrow(2, 2 * i, i)?,
+                ));
+            }
+        }
+        let (k, v) = self.keys_values(x, lora)?;
+        Ok((Self::proj(&self.q, x, lora, LoraTarget::Q)?, k, v))
     }
 
     /// `lin(x)` plus the LoRA update of `target` where `lora` has one (self-attention q/v).
@@ -57,10 +111,30 @@ impl Attention {
         kv: &Tensor,
         lora: Option<&LayerPetl>,
     ) -> candle_core::Result<(Tensor, Tensor)> {
+        let i = self.inner;
+        if let Some(stack) = &self.kv {
+            let parts = [(LoraTarget::K, 0), (LoraTarget::V, i)];
+            if let Some(both) = stack.forward_stacked(kv, lora, &parts)? {
+                return Ok((both.narrow(2, 0, i)?, both.narrow(2, i, i)?));
+            }
+        }
         Ok((
             self.k.forward(kv)?,
             Self::proj(&self.v, kv, lora, LoraTarget::V)?,
         ))
+    }
+
+    /// `x [B,S,D]` attends to itself (self-attention): [`project_self`](Self::project_self),
+    /// then [`attend_projected`](Self::attend_projected).
+    fn forward_self(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        lora: Option<&LayerPetl>,
+        drop: &mut Dropout,
+    ) -> candle_core::Result<Tensor> {
+        let (q, k, v) = self.project_self(x, lora)?;
+        self.attend_projected(&q, &k, &v, bias, drop)
     }
 
     /// `x [B,Sq,D]` attends to `kv [B,Sk,D]`; `bias [B|1, H, Sq, Sk]` (positions + attention
@@ -89,8 +163,21 @@ impl Attention {
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let q = Self::proj(&self.q, x, lora, LoraTarget::Q)?;
+        self.attend_projected(&q, k, v, bias, drop)
+    }
+
+    /// Projected queries `[B, Sq, H·d_kv]` attend to projected keys and values
+    /// `[B, Sk, H·d_kv]`; the context through the output projection.
+    fn attend_projected(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        drop: &mut Dropout,
+    ) -> candle_core::Result<Tensor> {
         // T5 does not scale scores by 1/sqrt(d_kv); the position bias + padding mask is frozen
-        let scores = ops::attention_scores(&q, k, self.heads)?;
+        let scores = ops::attention_scores(q, k, self.heads)?;
         let probs = drop.apply(&ops::attention_softmax(&scores, 1.0, bias)?)?;
         let ctx = ops::attention_context(&probs, v)?;
         self.o.forward(&ctx)
@@ -171,7 +258,7 @@ impl T5Block {
         drop: &mut Dropout,
     ) -> candle_core::Result<Tensor> {
         let n = ops::frozen_rms_norm(h, &self.self_norm, self.eps)?;
-        let a = self.self_attn.forward(&n, &n, bias, Some(petl), drop)?;
+        let a = self.self_attn.forward_self(&n, bias, Some(petl), drop)?;
         let mut h = h.add(&drop.apply(&a)?)?;
         if let (Some((attn, norm)), Some((enc_out, enc_bias))) = (&self.cross, enc) {
             let n = ops::frozen_rms_norm(&h, norm, self.eps)?;
@@ -240,12 +327,16 @@ impl T5Block {
             p: 0.0,
         };
         let n = ops::frozen_rms_norm(h, &self.self_norm, self.eps)?;
-        let (k, v) = self.self_attn.keys_values(&n, Some(petl))?;
+        let (q, k, v) = self.self_attn.project_self(&n, Some(petl))?;
+        // the new position's keys and values are column views of the stacked projection's
+        // output: contiguous copies (one row each), so the cache stays contiguous (Candle's
+        // `cat` of a view is a strided view; beam search selects the cache's rows)
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
         let (k, v) = match cache.self_kv.take() {
             Some((k0, v0)) => (Tensor::cat(&[&k0, &k], 1)?, Tensor::cat(&[&v0, &v], 1)?),
             None => (k, v),
         };
-        let mut h = h.add(&self.self_attn.attend(&n, &k, &v, bias, Some(petl), drop)?)?;
+        let mut h = h.add(&self.self_attn.attend_projected(&q, &k, &v, bias, drop)?)?;
         cache.self_kv = Some((k, v));
         if let Some((attn, norm)) = &self.cross {
             let n = ops::frozen_rms_norm(&h, norm, self.eps)?;
