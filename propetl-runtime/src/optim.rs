@@ -201,6 +201,9 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     Ok(norm)
 }
 
+/// AdamW's moments by variable name: `(m, v, t)` (first and second moment, steps taken).
+pub type Moments = BTreeMap<String, (Tensor, Tensor, usize)>;
+
 /// AdamW over parameter groups with a schedule.
 #[derive(Debug)]
 pub struct AdamW {
@@ -240,7 +243,7 @@ impl AdamW {
 
     /// The optimizer's state: the step count and each variable's moments `(m, v, t)` by name
     /// (copies: the optimizer updates its moments in place), for resumable training.
-    pub fn state(&self) -> Result<(usize, BTreeMap<String, (Tensor, Tensor, usize)>)> {
+    pub fn state(&self) -> Result<(usize, Moments)> {
         let moments = self
             .moments
             .iter()
@@ -254,7 +257,7 @@ impl AdamW {
     pub fn set_state(
         &mut self,
         step: usize,
-        moments: BTreeMap<String, (Tensor, Tensor, usize)>,
+        moments: Moments,
     ) -> Result<()> {
         let known: HashMap<&str, &Var> = self
             .groups
