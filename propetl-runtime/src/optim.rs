@@ -254,11 +254,7 @@ impl AdamW {
 
     /// Continue from a [`state`](Self::state): every moment must belong to a variable of the
     /// groups, with its shape.
-    pub fn set_state(
-        &mut self,
-        step: usize,
-        moments: Moments,
-    ) -> Result<()> {
+    pub fn set_state(&mut self, step: usize, moments: Moments) -> Result<()> {
         let known: HashMap<&str, &Var> = self
             .groups
             .iter()
